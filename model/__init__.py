@@ -1,0 +1,5 @@
+"""The model: tokenizer, checkpoint loading, the torch model, and the ``Engine`` seam."""
+
+from gptoss_agent.model.tokenizer import SPECIAL_TOKENS, TokenizerNotFound, load_tokenizer
+
+__all__ = ["SPECIAL_TOKENS", "TokenizerNotFound", "load_tokenizer"]

@@ -1,0 +1,1 @@
+"""Isolated, stateful Python sessions (Docker and bubblewrap backends)."""

@@ -1,0 +1,1 @@
+"""Tools: the tool protocol, ``@tool``, the browser and the python tool."""
