@@ -3,6 +3,7 @@
 # because setuptools' package-dir mapping (gptoss_agent.agent -> agent/) is invisible to it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ -d .venv/bin ] && export PATH="$PWD/.venv/bin:$PATH"
 mkdir -p .cache/typecheck/gptoss_agent
 for d in agent tools model sandbox; do ln -sfn "../../../$d" ".cache/typecheck/gptoss_agent/$d"; done
 ruff check .
