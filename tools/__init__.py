@@ -1,1 +1,31 @@
 """Tools: the tool protocol, ``@tool``, the browser and the python tool."""
+
+from gptoss_agent.tools.base import (
+    FunctionSpec,
+    NamespaceSpec,
+    Tool,
+    ToolError,
+    ToolOutput,
+    call_in_thread,
+    run_coroutine,
+)
+from gptoss_agent.tools.function import FunctionTool, Toolset, to_text, tool
+from gptoss_agent.tools.python import Python
+from gptoss_agent.tools.toolbox import Route, Toolbox
+
+__all__ = [
+    "FunctionSpec",
+    "FunctionTool",
+    "NamespaceSpec",
+    "Python",
+    "Route",
+    "Tool",
+    "ToolError",
+    "ToolOutput",
+    "Toolbox",
+    "Toolset",
+    "call_in_thread",
+    "run_coroutine",
+    "to_text",
+    "tool",
+]

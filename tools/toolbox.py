@@ -1,0 +1,343 @@
+"""The toolbox: routes a tool call by its recipient, checks the arguments, and turns every mistake
+of the model into a tool message that says exactly what was wrong.
+
+    box = Toolbox([Browser(), Python(), get_weather])
+    out = box.dispatch("functions.get_weather", '{"city": "Paris"}')   # -> ToolOutput
+    out = await box.adispatch("python", "print(1 + 1)")
+
+What goes back to the model as an error message (``is_error=True``), never as an exception:
+invalid JSON (with its position), a schema violation (each path and message), an unknown
+recipient (with the list of tools that exist), an exception inside a tool (its type, message
+and the last frames of its traceback), and a call that outlives its timeout. Only failures of
+the runtime itself propagate (a sandbox that cannot start, a bug in the toolbox).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gptoss_agent.sandbox.base import SandboxError
+from gptoss_agent.tools.base import NamespaceSpec, Tool, ToolError, ToolOutput
+from gptoss_agent.tools.function import FunctionTool
+from gptoss_agent.tools.schema import ArgumentError, check_arguments, compile_validator, validation_schema
+from jsonschema.protocols import Validator
+
+__all__ = ["Route", "Toolbox"]
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_TRACEBACK_FRAMES = 3
+_GUARD_SECONDS = 2.0  # how long sync dispatch waits past a timeout for the tool to honour cancellation
+# Words the model sometimes appends to a free-form tool's name: ``python.exec``, ``python.run``.
+_FREEFORM_SUFFIXES = {"exec", "execute", "run", "run_code", "code", "eval", "call", "python"}
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one recipient goes: the tool, the function name it receives, the canonical name."""
+
+    tool: Tool
+    function: str
+    name: str
+    """``browser.search``, ``python``, ``functions.get_weather``: the tool message's author."""
+    validator: Validator | None
+    """Checks the JSON arguments; None for a free-form body (``python``'s code)."""
+    timeout: float | None
+
+
+class Toolbox:
+    """The tools of one agent, reachable by recipient.
+
+    Args:
+        tools: ``Tool`` objects (``Browser()``, ``Python()``, ``@tool`` functions, ``Toolset``
+            instances); plain callables are wrapped with ``@tool``.
+        timeout: Default seconds one call may take (None: no limit). A tool's own
+            ``call_timeout`` attribute wins over it, and ``timeouts`` (by canonical name, e.g.
+            ``{"functions.crawl": 300}``) wins over both.
+        max_chars: Longer results are cut to this many characters (head and tail kept, with a
+            note in the middle saying how much was cut). None keeps everything.
+    """
+
+    def __init__(
+        self,
+        tools: Iterable[Tool | Callable[..., Any]] = (),
+        *,
+        timeout: float | None = 120.0,
+        timeouts: Mapping[str, float] | None = None,
+        max_chars: int | None = 20_000,
+    ) -> None:
+        self.timeout = timeout
+        self.timeouts = dict(timeouts or {})
+        self.max_chars = max_chars
+        self.tools: list[Tool] = []
+        self._routes: dict[str, Route] = {}
+        self._freeform: dict[str, str] = {}  # namespace -> canonical name, for python.exec & co.
+        for t in tools:
+            self.add(t)
+
+    # -- building ------------------------------------------------------------------------
+
+    def add(self, tool: Tool | Callable[..., Any]) -> Tool:
+        """Register one tool (wrapping a plain callable with ``@tool``); returns it.
+
+        Raises ValueError when a name is already taken, and ``jsonschema.SchemaError`` when a
+        tool's parameter schema is not a valid JSON Schema (both are the caller's bugs).
+        """
+        if not isinstance(tool, Tool):
+            if not callable(tool):
+                raise TypeError(f"not a tool or a callable: {tool!r}")
+            tool = FunctionTool(tool)
+        spec = tool.spec
+        routes: dict[str, Route] = {}
+        own_timeout = getattr(tool, "call_timeout", None)
+        if not spec.functions:
+            name = spec.name
+            routes[name] = Route(tool, name, name, None, self._timeout_for(name, own_timeout))
+        for f in spec.functions:
+            name = f"{spec.name}.{f.name}"
+            validator = (
+                compile_validator(validation_schema(f.parameters)) if f.parameters is not None else None
+            )
+            routes[name] = Route(tool, f.name, name, validator, self._timeout_for(name, own_timeout))
+        taken = sorted(set(routes) & set(self._routes))
+        if taken:
+            raise ValueError(f"tool names already registered: {', '.join(taken)}")
+        self._routes.update(routes)
+        if not spec.functions:
+            self._freeform[spec.name] = spec.name
+        self.tools.append(tool)
+        return tool
+
+    def _timeout_for(self, name: str, own: float | None) -> float | None:
+        if name in self.timeouts:
+            return self.timeouts[name]
+        return own if own is not None else self.timeout
+
+    # -- what the renderer needs ---------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        """Every recipient the model can address, canonical form, in registration order."""
+        return list(self._routes)
+
+    @property
+    def builtin_namespaces(self) -> list[NamespaceSpec]:
+        """The built-in namespaces (``browser``, ``python``) for the system message's ``# Tools``."""
+        return [t.spec for t in self.tools if t.spec.builtin]
+
+    @property
+    def functions(self) -> NamespaceSpec | None:
+        """All user functions merged into one ``functions`` namespace (None when there are none)."""
+        merged = tuple(
+            f
+            for t in self.tools
+            if not t.spec.builtin and t.spec.name == "functions"
+            for f in t.spec.functions
+        )
+        return NamespaceSpec(name="functions", functions=merged) if merged else None
+
+    @property
+    def developer_namespaces(self) -> list[NamespaceSpec]:
+        """The namespaces for the developer message: ``functions`` first, then any other
+        non-builtin namespace (a ``Toolset`` with its own ``namespace``)."""
+        out = [self.functions] if self.functions else []
+        out += [t.spec for t in self.tools if not t.spec.builtin and t.spec.name != "functions"]
+        return out
+
+    # -- routing -------------------------------------------------------------------------
+
+    def route(self, recipient: str) -> Route | None:
+        """The route for a recipient as the model wrote it, or None when no tool has that name.
+
+        Tolerates what the model gets wrong in practice: ``functions.browser.search`` for
+        ``browser.search``, ``python.exec`` or ``functions.python`` for ``python``, a missing
+        ``functions.`` prefix, trailing header words (``<|constrain|>json``).
+        """
+        name = recipient.strip().split()[0] if recipient.strip() else ""
+        name = name.split("<|", 1)[0].strip().strip(".")
+        if name.startswith("to="):
+            name = name[3:]
+        candidates = [name]
+        if name.startswith("functions."):
+            candidates.append(name.removeprefix("functions."))
+        else:
+            candidates.append(f"functions.{name}")
+        for candidate in candidates:
+            if candidate in self._routes:
+                return self._routes[candidate]
+            head, _, tail = candidate.partition(".")
+            if head in self._freeform and tail in _FREEFORM_SUFFIXES:
+                return self._routes[self._freeform[head]]
+        # A bare function name that only one namespace has: "search" -> "browser.search".
+        matches = [r for key, r in self._routes.items() if key.rpartition(".")[2] == name and "." in key]
+        return matches[0] if len(matches) == 1 else None
+
+    def _unknown(self, recipient: str) -> str:
+        name = recipient.strip() or "(none)"
+        message = f"Unknown tool {name!r}."
+        close = difflib.get_close_matches(name, self.names, n=1, cutoff=0.6)
+        if close:
+            message += f" Did you mean {close[0]}?"
+        if self.names:
+            message += " Available tools: " + ", ".join(self.names) + "."
+        else:
+            message += " No tools are available."
+        return message
+
+    # -- calling -------------------------------------------------------------------------
+
+    def dispatch(self, recipient: str, body: str) -> ToolOutput:
+        """Run one tool call and return what goes back to the model (blocking).
+
+        The same steps as ``adispatch``, run on a private event loop in a worker thread (so it
+        also works inside a running loop); a tool that ignores cancellation is abandoned once
+        its timeout has passed.
+        """
+        start = time.perf_counter()
+        route = self.route(recipient)
+        guard = route.timeout + _GUARD_SECONDS if route is not None and route.timeout is not None else None
+        try:
+            return _run_in_thread(lambda: asyncio.run(self.adispatch(recipient, body)), guard)
+        except _Abandoned:
+            assert route is not None
+            return self._finish(self._timed_out(route), start)
+
+    async def adispatch(self, recipient: str, body: str) -> ToolOutput:
+        """Run one tool call and return what goes back to the model (async)."""
+        start = time.perf_counter()
+        route, early = self._prepare(recipient, body)
+        if early is not None:
+            return self._finish(early, start)
+        assert route is not None
+        scope = asyncio.timeout(route.timeout)
+        try:
+            async with scope:
+                output = await route.tool.acall(route.function, body)
+        except Exception as e:
+            if isinstance(e, TimeoutError) and scope.expired():
+                return self._finish(self._timed_out(route), start)
+            return self._finish(self._failure(route, e), start)
+        return self._finish(self._normalise(route, output), start)
+
+    def _prepare(self, recipient: str, body: str) -> tuple[Route | None, ToolOutput | None]:
+        """Routing and argument checking, shared by both dispatch forms."""
+        route = self.route(recipient)
+        if route is None:
+            author = recipient.strip() or "functions"
+            return None, _error(author, self._unknown(recipient), "unknown_tool")
+        if route.validator is not None:
+            try:
+                check_arguments(body, route.validator, name=route.name)
+            except ArgumentError as e:
+                return route, _error(route.name, str(e), e.kind)
+        return route, None
+
+    def _failure(self, route: Route, error: Exception) -> ToolOutput:
+        """An exception from a tool, as the model should read it (runtime failures propagate)."""
+        if isinstance(error, SandboxError):
+            raise error
+        if isinstance(error, ToolError):
+            return _error(route.name, str(error), "tool_error")
+        return _error(route.name, _describe_exception(route.name, error), "exception")
+
+    def _timed_out(self, route: Route) -> ToolOutput:
+        return _error(
+            route.name,
+            f"{route.name} did not finish within {route.timeout:g} seconds and was stopped.",
+            "timeout",
+        )
+
+    def _normalise(self, route: Route, output: Any) -> ToolOutput:
+        if not isinstance(output, ToolOutput):  # a tool that broke the protocol: still say something
+            output = ToolOutput(author=route.name, content=str(output))
+        return output
+
+    def _finish(self, output: ToolOutput, start: float) -> ToolOutput:
+        output.content = truncate(output.content, self.max_chars, output.metadata)
+        output.duration = time.perf_counter() - start
+        return output
+
+    def close(self) -> None:
+        """Close every tool that has a ``close()`` (sandbox sessions, HTTP clients)."""
+        for t in self.tools:
+            close = getattr(t, "close", None)
+            if callable(close):
+                close()
+
+    def __enter__(self) -> Toolbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __contains__(self, recipient: str) -> bool:
+        return self.route(recipient) is not None
+
+    def __repr__(self) -> str:
+        return f"Toolbox({', '.join(self.names)})"
+
+
+def _error(author: str, content: str, kind: str) -> ToolOutput:
+    return ToolOutput(author=author, content=content, is_error=True, metadata={"error": kind})
+
+
+def _describe_exception(name: str, error: BaseException) -> str:
+    """``functions.x raised ValueError: message`` plus the last frames outside this package."""
+    message = str(error).strip()
+    head = f"{name} raised {type(error).__name__}" + (f": {message}" if message else "")
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith(_PACKAGE_DIR)]
+    if not frames:
+        return head
+    tail = traceback.format_list(frames[-_TRACEBACK_FRAMES:])
+    return head + "\nTraceback (most recent call last):\n" + "".join(tail).rstrip()
+
+
+def truncate(text: str, max_chars: int | None, metadata: dict[str, Any] | None = None) -> str:
+    """Cut ``text`` to about ``max_chars`` characters, keeping the head (two thirds) and the
+    tail (one third) around a note that says how much was cut. Records ``truncated_chars``
+    in ``metadata`` when given."""
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    head = max_chars * 2 // 3
+    tail = max_chars - head
+    cut = len(text) - head - tail
+    if metadata is not None:
+        metadata["truncated_chars"] = cut
+    return (
+        f"{text[:head]}\n\n[... {cut:,} of {len(text):,} characters cut here; the output was too long ...]\n\n"
+        f"{text[len(text) - tail :]}"
+    )
+
+
+class _Abandoned(Exception):
+    """The worker thread outlived its guard time."""
+
+
+def _run_in_thread(fn: Callable[[], ToolOutput], timeout: float | None) -> ToolOutput:
+    """Run ``fn`` in a daemon thread and wait at most ``timeout`` seconds for it; past that,
+    raise _Abandoned and leave the thread to finish on its own."""
+    box: list[tuple[bool, Any]] = []
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            box.append((True, fn()))
+        except BaseException as e:
+            box.append((False, e))
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="toolbox-dispatch", daemon=True).start()
+    if not done.wait(timeout):
+        raise _Abandoned
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
