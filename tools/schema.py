@@ -406,16 +406,19 @@ def _class_schema(tp: type, seen: tuple[Any, ...]) -> dict[str, Any]:
                 required.append(f.name)
             properties[f.name] = prop
         return _object_schema(properties, required, closed=True)
-    # TypedDict
-    required_keys: frozenset[str] = getattr(tp, "__required_keys__", frozenset())
+    # TypedDict: Required/NotRequired read from the hints (``__required_keys__`` is wrong when
+    # the annotations are strings, as under ``from __future__ import annotations``).
+    total = getattr(tp, "__total__", True)
     for name, hint in hints.items():
-        hint_base = hint
-        while get_origin(hint_base) in (typing.Required, typing.NotRequired):
+        hint_base, is_required = hint, total
+        while get_origin(hint_base) in (typing.Required, typing.NotRequired, typing.Annotated):
+            if get_origin(hint_base) is not typing.Annotated:
+                is_required = get_origin(hint_base) is typing.Required
             hint_base = get_args(hint_base)[0]
         prop = type_schema(hint_base, seen)
         if doc.params.get(name) and "description" not in prop:
             prop = {**prop, "description": doc.params[name]}
-        if name in required_keys:
+        if is_required:
             required.append(name)
         properties[name] = prop
     return _object_schema(properties, required, closed=True)

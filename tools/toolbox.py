@@ -21,7 +21,6 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from gptoss_agent.sandbox.base import SandboxError
@@ -32,7 +31,8 @@ from jsonschema.protocols import Validator
 
 __all__ = ["Route", "Toolbox"]
 
-_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+# Frames of these modules are left out of the traceback the model reads.
+_OWN_MODULES = {f"gptoss_agent.tools.{m}" for m in ("base", "function", "schema", "toolbox")}
 _TRACEBACK_FRAMES = 3
 _GUARD_SECONDS = 2.0  # how long sync dispatch waits past a timeout for the tool to honour cancellation
 # Words the model sometimes appends to a free-form tool's name: ``python.exec``, ``python.run``.
@@ -292,10 +292,15 @@ def _describe_exception(name: str, error: BaseException) -> str:
     """``functions.x raised ValueError: message`` plus the last frames outside this package."""
     message = str(error).strip()
     head = f"{name} raised {type(error).__name__}" + (f": {message}" if message else "")
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith(_PACKAGE_DIR)]
-    if not frames:
+    walked = [
+        (frame, line)
+        for frame, line in traceback.walk_tb(error.__traceback__)
+        if frame.f_globals.get("__name__") not in _OWN_MODULES
+    ]
+    if not walked:
         return head
-    tail = traceback.format_list(frames[-_TRACEBACK_FRAMES:])
+    frames = traceback.StackSummary.extract(iter(walked[-_TRACEBACK_FRAMES:]))
+    tail = traceback.format_list(frames)
     return head + "\nTraceback (most recent call last):\n" + "".join(tail).rstrip()
 
 
