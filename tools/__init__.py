@@ -9,11 +9,13 @@ from gptoss_agent.tools.base import (
     call_in_thread,
     run_coroutine,
 )
+from gptoss_agent.tools.browser import Browser
 from gptoss_agent.tools.function import FunctionTool, Toolset, to_text, tool
 from gptoss_agent.tools.python import Python
 from gptoss_agent.tools.toolbox import Route, Toolbox
 
 __all__ = [
+    "Browser",
     "FunctionSpec",
     "FunctionTool",
     "NamespaceSpec",

@@ -1,0 +1,149 @@
+"""Page fetching against real HTTP servers on 127.0.0.1: limits, content types, charsets, SSRF guard."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from gptoss_agent.tools.fetch import BlockedURL, FetchConfig, FetchError, check_url, fetch, is_public_address
+from websim import PUBLIC, Internet, resolver, web_fixture  # noqa: F401  (the `web` fixture)
+
+
+def get(web, url: str, **overrides):
+    return asyncio.run(fetch(url, web.fetch_config(**overrides)))
+
+
+def test_html_page_is_fetched_through_the_pinned_address(web):
+    before = len(web.site.requests)
+    doc = get(web, "http://news.test/")
+    assert (doc.kind, doc.status, doc.charset, doc.url) == ("html", 200, "utf-8", "http://news.test/")
+    assert "Tidal turbines light up the bay" in doc.text
+    request = web.site.requests[before]
+    assert request.host == "news.test" and request.path == "/"
+
+
+def test_connection_goes_to_the_checked_address():
+    internet = Internet(site_port=1)
+    config = FetchConfig(resolver=resolver, transport=internet, timeout=2)
+    with pytest.raises(FetchError):
+        asyncio.run(fetch("http://wiki.test/wiki/Tidal_power", config))  # port 1: nothing listens
+    assert internet.seen == [f"http://{PUBLIC['wiki.test']}/wiki/Tidal_power"]
+
+
+def test_redirects_are_followed_by_hand(web):
+    assert get(web, "http://news.test/old-energy").url == "http://news.test/articles/tide-energy"
+    assert get(web, "http://news.test/hop1").url == "http://news.test/"
+    with pytest.raises(FetchError, match=r"Too many redirects \(more than 1\)"):
+        get(web, "http://news.test/hop1", max_redirects=1)
+    with pytest.raises(FetchError, match="Too many redirects"):
+        get(web, "http://news.test/loop")
+
+
+def test_http_errors_binary_files_and_timeouts_are_messages(web):
+    with pytest.raises(FetchError, match=r"HTTP 404 Not Found for `http://news.test/missing`"):
+        get(web, "http://news.test/missing")
+    with pytest.raises(FetchError, match=r"binary file \(image/png\)"):
+        get(web, "http://news.test/logo.png")
+    with pytest.raises(FetchError, match=r"binary file \(application/octet-stream\)"):
+        get(web, "http://news.test/blob")
+    with pytest.raises(FetchError, match=r"Timed out after 0.5 s while fetching `http://news.test/slow`"):
+        get(web, "http://news.test/slow", timeout=0.5)
+    # Each chunk arrives well within httpx's read timeout; the overall deadline still holds.
+    with pytest.raises(FetchError, match="Timed out after 1 s"):
+        get(web, "http://news.test/trickle", timeout=1.0)
+
+
+def test_size_cap_truncates(web):
+    doc = get(web, "http://news.test/big.txt", max_bytes=100_000)
+    assert doc.truncated and len(doc.text) == 100_000 and doc.kind == "text"
+    assert not get(web, "http://news.test/notes.txt").truncated
+
+
+def test_content_types_and_charsets(web):
+    data = get(web, "http://news.test/data.json")
+    assert data.kind == "json" and '"capacity_mw": 240' in data.text and data.text.startswith("{\n  ")
+    notes = get(web, "http://news.test/notes.txt")
+    assert (notes.kind, notes.charset) == ("text", "iso-8859-1") and "café's" in notes.text
+    legacy = get(web, "http://news.test/legacy")
+    assert legacy.charset == "windows-1251" and "Приливная электростанция" in legacy.text
+    undeclared = get(web, "http://news.test/undeclared")
+    assert "Приливная электростанция" in undeclared.text
+    pdf = get(web, "http://news.test/report.pdf")
+    assert pdf.kind == "pdf" and "Tidal report 2026: output rose 12 percent" in pdf.text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:{port}/",
+        "http://localhost:{port}/",  # the system resolver
+        "http://2130706433:{port}/",  # 127.0.0.1 in decimal
+        "http://[::1]:{port}/",
+        "http://[::ffff:127.0.0.1]:{port}/",
+        "http://0.0.0.0:{port}/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.5/",
+        "http://192.168.1.1/",
+        "http://evil.test:{port}/",  # a DNS name resolving to 127.0.0.1
+        "http://intranet.test/",  # ... to 10.0.0.5
+        "http://metadata.test/",  # ... to 169.254.169.254
+    ],
+)
+def test_ssrf_guard_refuses_internal_addresses(web, url):
+    before = len(web.internal.requests)
+    with pytest.raises(BlockedURL, match="loopback, private, link-local or otherwise internal"):
+        get(web, url.format(port=web.internal.port))
+    assert len(web.internal.requests) == before
+
+
+@pytest.mark.parametrize("path", ["/to-internal", "/to-intranet", "/to-metadata"])
+def test_ssrf_guard_checks_every_redirect_hop(web, path):
+    before = len(web.internal.requests)
+    with pytest.raises(BlockedURL, match="Refused to open"):
+        get(web, f"http://news.test{path}")
+    assert len(web.internal.requests) == before
+
+
+def test_every_resolved_address_is_checked():
+    with pytest.raises(BlockedURL, match=r"10\.1\.2\.3"):
+        check_url("http://mixed.test/", resolver=lambda host, port: ["93.184.216.34", "10.1.2.3"])
+    assert check_url("http://mixed.test/", resolver=lambda host, port: ["93.184.216.34"]) == ["93.184.216.34"]
+
+
+def test_allow_private_urls_opens_local_servers(web):
+    doc = asyncio.run(fetch(f"{web.internal.url}/", FetchConfig(allow_private_urls=True)))
+    assert "internal secret" in doc.text
+
+
+def test_bad_urls(web):
+    with pytest.raises(FetchError, match="only http and https"):
+        get(web, "file:///etc/passwd")
+    with pytest.raises(FetchError, match=r"Cannot resolve host `nowhere\.test`"):
+        get(web, "http://nowhere.test/")
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("8.8.8.8", True),
+        ("2606:4700::1111", True),
+        ("127.0.0.1", False),
+        ("10.0.0.1", False),
+        ("172.16.5.4", False),
+        ("192.168.0.1", False),
+        ("169.254.169.254", False),
+        ("100.64.0.1", False),
+        ("0.0.0.0", False),
+        ("224.0.0.251", False),
+        ("255.255.255.255", False),
+        ("::1", False),
+        ("::", False),
+        ("fe80::1", False),
+        ("fd00:ec2::254", False),
+        ("ff02::1", False),
+        ("::ffff:10.0.0.1", False),
+        ("64:ff9b::7f00:1", False),
+    ],
+)
+def test_is_public_address(address, public):
+    assert is_public_address(address) is public

@@ -1,0 +1,371 @@
+"""Fetching web pages for the browser: httpx with limits, and a guard against reaching private networks.
+
+``fetch(url, config)`` returns a ``Document`` (the final URL, its kind and its decoded text) or
+raises ``FetchError`` with a message written for the model. Redirects are followed by hand so
+that every hop passes the SSRF guard: a host name is resolved, every address it resolves to is
+checked, and the request then goes to the checked address (the name stays in the ``Host``
+header and the TLS server name), so a DNS answer cannot change between check and connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import re
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import httpx
+
+from .base import ToolError
+
+__all__ = [
+    "BlockedURL",
+    "Document",
+    "FetchConfig",
+    "FetchError",
+    "Resolver",
+    "check_url",
+    "fetch",
+    "is_public_address",
+    "system_resolver",
+]
+
+Resolver = Callable[[str, int], Sequence[str]]
+"""``resolver(host, port) -> addresses``: the DNS seam (the default asks the system)."""
+
+Kind = Literal["html", "text", "json", "pdf"]
+
+_HTML_TYPES = {"text/html", "application/xhtml+xml"}
+_JSON_TYPES = {"application/json", "application/ld+json", "text/json"}
+_TEXT_TYPES = {"application/xml", "application/javascript", "application/x-javascript", "application/rss+xml"}
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
+_METADATA_HOSTS = {"metadata.google.internal", "metadata", "instance-data"}
+
+
+class FetchError(ToolError):
+    """A page could not be fetched or shown; the message is for the model."""
+
+
+class BlockedURL(FetchError):
+    """The URL points at a loopback, private, link-local or otherwise internal address."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FetchConfig:
+    """Limits and policy for fetching pages."""
+
+    timeout: float = 20.0
+    """Seconds for the whole fetch, redirects and body included."""
+    connect_timeout: float = 10.0
+    max_bytes: int = 5_000_000
+    """Bodies longer than this are cut here (``Document.truncated``)."""
+    max_redirects: int = 5
+    user_agent: str = "Mozilla/5.0 (compatible; gptoss-agent/0.1; +https://github.com/openai/gpt-oss)"
+    allow_private_urls: bool = False
+    """Allow loopback, private and link-local addresses (tests against local servers)."""
+    resolver: Resolver | None = None
+    """DNS seam; None asks the system (``getaddrinfo``)."""
+    transport: httpx.AsyncBaseTransport | None = None
+    """Network seam (httpx transport); None opens real connections."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Document:
+    """A fetched resource, decoded to text."""
+
+    url: str
+    """The final URL, after redirects."""
+    kind: Kind
+    text: str
+    """HTML source for ``html``; readable text otherwise (JSON pretty-printed, PDF extracted)."""
+    content_type: str
+    status: int
+    charset: str | None = None
+    truncated: bool = False
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """Every address the system resolver gives for ``host`` (IPv4 and IPv6)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def is_public_address(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True if the address is globally routable unicast: not loopback, private, link-local
+    (cloud metadata lives at 169.254.169.254), unspecified, multicast or reserved."""
+    ip = ipaddress.ip_address(address) if isinstance(address, str) else address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address) and ip in ipaddress.ip_network("64:ff9b::/96"):
+        ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)  # NAT64 embeds an IPv4 address
+    if ip.is_multicast or ip.is_reserved or ip.is_loopback or ip.is_link_local or ip.is_unspecified:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
+        return False
+    return ip.is_global
+
+
+def _host_and_port(url: str) -> tuple[str, str, int]:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise FetchError(f"Invalid URL `{url}`: {e}.") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise FetchError(f"Cannot open `{url}`: only http and https URLs are supported.")
+    host = (parts.hostname or "").rstrip(".").lower()
+    if not host:
+        raise FetchError(f"Invalid URL `{url}`: it has no host.")
+    return scheme, host, port or (443 if scheme == "https" else 80)
+
+
+def check_url(url: str, *, allow_private: bool = False, resolver: Resolver | None = None) -> list[str]:
+    """Resolve the URL's host and return its addresses, refusing internal ones.
+
+    Raises ``BlockedURL`` when any address the host resolves to is not public (unless
+    ``allow_private``), and ``FetchError`` for a malformed URL or a name that does not resolve.
+    """
+    _, host, port = _host_and_port(url)
+    addresses = _literal_address(host)
+    if addresses is None:
+        if not allow_private and host in _METADATA_HOSTS:
+            raise BlockedURL(_blocked_message(url, host))
+        try:
+            addresses = list((resolver or system_resolver)(host, port))
+        except (OSError, UnicodeError) as e:
+            raise FetchError(f"Cannot resolve host `{host}`: {e}.") from None
+        if not addresses:
+            raise FetchError(f"Cannot resolve host `{host}`: no addresses.")
+    if not allow_private:
+        for address in addresses:
+            if not is_public_address(address):
+                raise BlockedURL(_blocked_message(url, address))
+    return addresses
+
+
+def _literal_address(host: str) -> list[str] | None:
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        return None
+
+
+def _blocked_message(url: str, address: str) -> str:
+    return (
+        f"Refused to open `{url}`: it points to `{address}`, a loopback, private, link-local or "
+        "otherwise internal address. The browser only opens public web addresses."
+    )
+
+
+def _pinned_request(url: str, address: str, headers: dict[str, str]) -> tuple[str, dict[str, str], dict]:
+    """Rewrite ``url`` to connect to ``address`` while keeping the name for Host and TLS SNI."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    ip = ipaddress.ip_address(address)
+    ip_text = f"[{ip}]" if ip.version == 6 else str(ip)
+    netloc = f"{ip_text}:{parts.port}" if parts.port else ip_text
+    pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+    host_header = f"{host}:{parts.port}" if parts.port else host
+    extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
+    return pinned, {**headers, "Host": host_header}, extensions
+
+
+async def fetch(
+    url: str, config: FetchConfig | None = None, *, transport: httpx.AsyncBaseTransport | None = None
+) -> Document:
+    """Fetch ``url`` within the limits of ``config``; raises ``FetchError`` for the model to read."""
+    config = config or FetchConfig()
+    try:
+        async with asyncio.timeout(config.timeout):
+            return await _fetch(url, config)
+    except TimeoutError:
+        raise FetchError(f"Timed out after {config.timeout:g} s while fetching `{url}`.") from None
+
+
+async def _fetch(url: str, config: FetchConfig) -> Document:
+    timeout = httpx.Timeout(config.timeout, connect=config.connect_timeout)
+    headers = {
+        "User-Agent": config.user_agent,
+        "Accept": "text/html,application/xhtml+xml,text/plain,application/json;q=0.9,*/*;q=0.5",
+    }
+    pin = not config.allow_private_urls or config.resolver is not None
+    async with httpx.AsyncClient(
+        timeout=timeout, follow_redirects=False, transport=config.transport, trust_env=False
+    ) as client:
+        current = url.split("#", 1)[0]
+        for _hop in range(config.max_redirects + 1):
+            _host_and_port(current)
+            if pin:
+                resolver = config.resolver
+                addresses = await asyncio.to_thread(
+                    check_url, current, allow_private=config.allow_private_urls, resolver=resolver
+                )
+                target, hop_headers, extensions = _pinned_request(current, addresses[0], headers)
+            else:
+                target, hop_headers, extensions = current, headers, {}
+            request = client.build_request("GET", target, headers=hop_headers, extensions=extensions)
+            try:
+                response = await client.send(request, stream=True)
+            except httpx.TimeoutException:
+                raise FetchError(f"Timed out while fetching `{current}`.") from None
+            except httpx.HTTPError as e:
+                raise FetchError(
+                    f"Could not fetch `{current}`: {type(e).__name__}: {e or 'connection failed'}."
+                ) from None
+            try:
+                if response.is_redirect:
+                    location = response.headers.get("location", "")
+                    if not location:
+                        raise FetchError(
+                            f"`{current}` answered {response.status_code} without a Location header."
+                        )
+                    current = urljoin(current, location).split("#", 1)[0]
+                    continue
+                if response.status_code >= 400:
+                    reason = response.reason_phrase or ""
+                    raise FetchError(
+                        f"HTTP {response.status_code} {reason} for `{current}`.".replace("  ", " ")
+                    )
+                body, truncated = await _read_capped(response, config.max_bytes)
+            finally:
+                await response.aclose()
+            return _decode(current, response, body, truncated)
+    raise FetchError(f"Too many redirects (more than {config.max_redirects}) starting from `{url}`.")
+
+
+async def _read_capped(response: httpx.Response, max_bytes: int) -> tuple[bytes, bool]:
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.aiter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:
+                return b"".join(chunks)[:max_bytes], True
+    except httpx.TimeoutException:
+        raise FetchError(f"Timed out while reading `{response.request.url}`.") from None
+    except httpx.HTTPError as e:
+        raise FetchError(f"Connection broke while reading the page: {type(e).__name__}: {e}.") from None
+    return b"".join(chunks), False
+
+
+def _media_type(response: httpx.Response, body: bytes) -> tuple[str, str | None]:
+    header = response.headers.get("content-type", "")
+    media, _, params = header.partition(";")
+    media = media.strip().lower()
+    charset = None
+    for param in params.split(";"):
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "charset" and value.strip():
+            charset = value.strip().strip("\"'")
+    if not media or media == "application/octet-stream":
+        head = body[:1024]
+        if head.startswith(b"%PDF-"):
+            media = "application/pdf"
+        elif b"\x00" in head:
+            media = media or "application/octet-stream"
+        elif re.search(rb"<(!doctype html|html|head|body)", head, re.IGNORECASE):
+            media = "text/html"
+        elif not media:
+            media = "text/plain"
+    return media, charset
+
+
+def _decode(url: str, response: httpx.Response, body: bytes, truncated: bool) -> Document:
+    media, charset = _media_type(response, body)
+    status = response.status_code
+    if media in _HTML_TYPES:
+        text, charset = decode_text(body, charset, html=True)
+        return Document(
+            url=url,
+            kind="html",
+            text=text,
+            content_type=media,
+            status=status,
+            charset=charset,
+            truncated=truncated,
+        )
+    if media in _JSON_TYPES or media.endswith("+json"):
+        text, charset = decode_text(body, charset)
+        with contextlib.suppress(ValueError):  # cut by the size cap or malformed: show it as it came
+            text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+        return Document(
+            url=url,
+            kind="json",
+            text=text,
+            content_type=media,
+            status=status,
+            charset=charset,
+            truncated=truncated,
+        )
+    if media == "application/pdf":
+        return Document(
+            url=url,
+            kind="pdf",
+            text=_pdf_text(url, body),
+            content_type=media,
+            status=status,
+            truncated=truncated,
+        )
+    if media.startswith("text/") or media in _TEXT_TYPES or media.endswith("+xml"):
+        text, charset = decode_text(body, charset)
+        return Document(
+            url=url,
+            kind="text",
+            text=text,
+            content_type=media,
+            status=status,
+            charset=charset,
+            truncated=truncated,
+        )
+    raise FetchError(
+        f"`{url}` is a binary file ({media}); the browser can show HTML, plain text, JSON and PDF only."
+    )
+
+
+def decode_text(body: bytes, charset: str | None, *, html: bool = False) -> tuple[str, str]:
+    """Decode ``body``: the declared charset, then a BOM, an HTML ``<meta charset>``, UTF-8, and
+    finally charset-normalizer's detection."""
+    candidates: list[str] = []
+    if charset:
+        candidates.append(charset)
+    for bom, name in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
+        if body.startswith(bom):
+            candidates.insert(0, name)
+    if html and (match := _META_CHARSET.search(body[:4096])):
+        candidates.append(match.group(1).decode("ascii"))
+    candidates.append("utf-8")
+    for name in candidates:
+        try:
+            return body.decode(name), name.lower()
+        except (LookupError, UnicodeDecodeError):
+            continue
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(body[:200_000]).best()
+    if best is not None and best.encoding:
+        return body.decode(best.encoding, errors="replace"), best.encoding
+    return body.decode("utf-8", errors="replace"), "utf-8"
+
+
+def _pdf_text(url: str, body: bytes) -> str:
+    import io
+
+    try:
+        from pypdf import PdfReader
+        from pypdf.errors import PyPdfError
+    except ImportError:  # pragma: no cover - pypdf is a dependency
+        raise FetchError(f"`{url}` is a PDF, and PDF support (pypdf) is not installed.") from None
+    try:
+        reader = PdfReader(io.BytesIO(body))
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except (PyPdfError, ValueError, KeyError, TypeError) as e:
+        raise FetchError(f"Could not read the PDF at `{url}`: {e}.") from None
+    return "\n\n".join(text.strip() for text in pages).strip()
