@@ -1,0 +1,260 @@
+"""The bubblewrap backend, for machines without a Docker engine.
+
+Each driver runs in ``bwrap`` with every namespace unshared (no network, its own PIDs, IPC,
+hostname, user and cgroup namespaces), a clean environment, a filesystem that holds only a
+read-only Python runtime (the debootstrap root filesystem of the Docker image when it was built
+here, else the host's ``/usr``), size-limited tmpfs at ``/tmp`` and ``/mnt/data``, no capabilities
+and no nested user namespaces. Limits come from rlimits set before ``bwrap`` starts and, when the
+host lets us create them (root), from cgroups (memory, pids, CPU).
+
+When started as root, each session runs under its own unused host uid, so that RLIMIT_NPROC
+counts exactly the session's processes. A timeout kills ``bwrap``; ``--die-with-parent`` then
+kills the PID namespace's init, and the kernel kills everything left in that namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from .base import SandboxError
+from .image import rootfs_dir
+from .limits import Limits
+from .repl import Channel, PipeChannel, ReplSession, driver_source, sandbox_env
+
+__all__ = ["BubblewrapSession", "bubblewrap_available"]
+
+_uids = itertools.count()
+ETC_FILES = ("ld.so.cache", "matplotlibrc", "fonts", "mime.types", "localtime")
+
+
+def bubblewrap_available() -> bool:
+    """Whether ``bwrap`` is installed and can create its namespaces here."""
+    bwrap = shutil.which("bwrap")
+    if not bwrap:
+        return False
+    try:
+        probe = subprocess.run(
+            [
+                bwrap,
+                "--unshare-all",
+                "--ro-bind",
+                "/usr",
+                "/usr",
+                "--symlink",
+                "usr/lib",
+                "/lib",
+                "--symlink",
+                "usr/lib64",
+                "/lib64",
+                "--",
+                "/usr/bin/true",
+            ],
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+class _Cgroup:
+    """A cgroup (v1 or v2) with the session's memory, pids and CPU limits, when one can be made."""
+
+    def __init__(self, name: str, limits: Limits) -> None:
+        self.dirs: list[Path] = []
+        self.controls: list[str] = []
+        root = Path("/sys/fs/cgroup")
+        quota = int(limits.cpus * 100_000)
+        if (root / "cgroup.controllers").exists():  # v2
+            wanted = {
+                "memory.max": str(limits.memory),
+                "memory.swap.max": "0",
+                "pids.max": str(limits.pids),
+                "cpu.max": f"{quota} 100000",
+            }
+            self._make(root / "gptoss-sandbox" / name, wanted)
+        else:  # v1: one hierarchy per controller
+            for controller, wanted in (
+                (
+                    "memory",
+                    {
+                        "memory.limit_in_bytes": str(limits.memory),
+                        "memory.memsw.limit_in_bytes": str(limits.memory),
+                    },
+                ),
+                ("pids", {"pids.max": str(limits.pids)}),
+                ("cpu", {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": str(quota)}),
+            ):
+                if (root / controller).is_dir():
+                    self._make(root / controller / "gptoss-sandbox" / name, wanted)
+
+    def _make(self, path: Path, wanted: dict[str, str]) -> None:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return
+        self.dirs.append(path)
+        for key, value in wanted.items():
+            with contextlib.suppress(OSError):
+                (path / key).write_text(value)
+                self.controls.append(key)
+
+    def join(self) -> None:
+        """Move the calling process in (called in the child before it execs bwrap)."""
+        for path in self.dirs:
+            with contextlib.suppress(OSError):
+                (path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def kill_all(self) -> None:
+        for path in self.dirs:
+            with contextlib.suppress(OSError, ValueError):
+                for pid in (path / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(OSError):
+                        os.kill(int(pid), signal.SIGKILL)
+
+    def remove(self) -> None:
+        for path in self.dirs:
+            for _ in range(100):  # the killed processes leave the cgroup as they are reaped
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
+        self.dirs = []
+
+
+class BubblewrapSession(ReplSession):
+    """A session in bubblewrap namespaces; see the module docstring for what is isolated."""
+
+    backend = "bubblewrap"
+
+    def __init__(self, limits: Limits | None = None, *, root: str | Path | None = None) -> None:
+        super().__init__(limits or Limits())
+        self.bwrap = shutil.which("bwrap")
+        if not self.bwrap:
+            raise SandboxError("bubblewrap is not installed (apt-get install bubblewrap)")
+        found = Path(root) if root else rootfs_dir()
+        self.root = found or Path("/")
+        if not (self.root / "usr" / "bin" / "python3").exists():
+            raise SandboxError(
+                f"no Python runtime at {self.root / 'usr/bin/python3'} for the bubblewrap sandbox"
+            )
+        self._process: subprocess.Popen[bytes] | None = None
+        self._cgroup: _Cgroup | None = None
+        self._uid = os.getuid()
+        self.isolation: list[str] = []
+        """What enforces the limits here (rlimits, cgroup files), for diagnostics."""
+
+    def _argv(self) -> list[str]:
+        lim, root = self.limits, self.root
+        argv = [str(self.bwrap), "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent"]
+        argv += ["--new-session", "--clearenv", "--hostname", "sandbox", "--cap-drop", "ALL"]
+        for key, value in sandbox_env(lim).items():
+            argv += ["--setenv", key, value]
+        argv += ["--ro-bind", str(root / "usr"), "/usr"]
+        for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+            path = root / name
+            if path.is_symlink():
+                argv += ["--symlink", os.readlink(path), f"/{name}"]
+            elif path.is_dir():
+                argv += ["--ro-bind", str(path), f"/{name}"]
+        for name in ETC_FILES:
+            argv += ["--ro-bind-try", str(root / "etc" / name), f"/etc/{name}"]
+        argv += ["--proc", "/proc", "--dev", "/dev"]
+        argv += ["--size", str(lim.tmp_disk), "--perms", "1777", "--tmpfs", "/tmp"]
+        argv += ["--size", str(lim.data_disk), "--perms", "1777", "--tmpfs", "/mnt/data"]
+        argv += ["--remount-ro", "/", "--chdir", "/mnt/data", "--uid", "65534", "--gid", "65534"]
+        argv += ["--", "/usr/bin/python3", "-I", "-c", driver_source()]
+        return argv
+
+    def _spawn(self) -> Channel:
+        lim = self.limits
+        as_root = os.geteuid() == 0
+        name = f"{os.getpid()}-{id(self):x}-{next(_uids)}"
+        self._cgroup = _Cgroup(name, lim) if as_root else None
+        self.isolation = ["rlimits"] + (self._cgroup.controls if self._cgroup else [])
+        # As root: a fresh, unused host uid per driver, so RLIMIT_NPROC counts only this session.
+        uid = 1_500_000_000 + (os.getpid() * 4096 + next(_uids)) % 500_000_000 if as_root else os.getuid()
+        self._uid = uid
+        nproc = lim.pids if as_root else _count_processes(uid) + lim.pids
+        cgroup = self._cgroup
+
+        def preexec() -> None:
+            if cgroup:
+                cgroup.join()
+            resource.setrlimit(resource.RLIMIT_AS, (lim.memory, lim.memory))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (lim.open_files, lim.open_files))
+            resource.setrlimit(resource.RLIMIT_FSIZE, (lim.max_file, lim.max_file))
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+            if as_root:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+
+        try:
+            process = subprocess.Popen(
+                self._argv(),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={},
+                cwd=tempfile.gettempdir(),
+                preexec_fn=preexec,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise SandboxError(f"cannot start bubblewrap: {exc}") from exc
+        self._process = process
+        return PipeChannel(process)
+
+    def _death_reason(self) -> str:
+        if self._process is None:
+            return "the Python process exited"
+        try:
+            code = self._process.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            return "the Python process stopped answering"
+        if code in (-signal.SIGKILL, 128 + signal.SIGKILL, 137):
+            return "killed: most likely the memory limit was reached"
+        return f"exit status {code}"
+
+    def _kill(self) -> bool:
+        process, self._process = self._process, None
+        if process is not None:
+            # bwrap's --die-with-parent takes the PID namespace's init with it, and the kernel
+            # then kills everything left in that namespace.
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
+        if self._cgroup is not None:
+            self._cgroup.kill_all()
+            self._cgroup.remove()
+            self._cgroup = None
+        return False  # /mnt/data lived in bwrap's mount namespace
+
+    def _teardown(self) -> None:
+        self._kill()
+
+
+def _count_processes(uid: int) -> int:
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid == uid:
+                    count += len(os.listdir(entry / "task"))
+    return count

@@ -1,0 +1,266 @@
+"""The Docker backend: one locked-down container per session, the driver in an attached exec.
+
+The container's main process (under Docker's init) is ``sleep infinity`` running as uid 65533;
+drivers run as ``nobody`` (65534) through ``docker exec``, so the model's code can neither signal
+PID 1 nor its keeper. On a timeout a second exec as ``nobody`` kills every process of that user
+(``kill(-1)``), which takes children that started new sessions or daemonized with it, and
+/mnt/data survives. When that cannot run (the pids limit is exhausted) the container is replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from .base import SandboxError
+from .image import DEFAULT_IMAGE, ensure_image
+from .limits import Limits
+from .repl import Channel, ReplSession, SocketChannel, driver_source, sandbox_env
+
+__all__ = ["DockerSession", "docker_available", "reap_leftovers"]
+
+LABEL = "gptoss-agent.sandbox"
+KEEPER_USER = "65533:65533"
+CODE_USER = "65534:65534"
+
+REAPER = """
+import os, time
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        time.sleep(0.5)
+"""
+"""The container's main process: reaps orphans (Docker's init runs it when the engine has one)."""
+
+KILLER = """
+import os, signal, time
+for _ in range(1000):
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except ProcessLookupError:
+        break
+    time.sleep(0.002)
+"""
+
+
+def _client(timeout: float = 60) -> Any:
+    import docker
+
+    return docker.from_env(timeout=timeout)
+
+
+def docker_available() -> bool:
+    """Whether a Docker engine answers (within a few seconds)."""
+    try:
+        client = _client(timeout=3)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def reap_leftovers(client: Any) -> int:
+    """Remove sandbox containers whose owning process (on this host) is gone. Returns how many."""
+    removed = 0
+    host = socket.gethostname()
+    for container in client.containers.list(all=True, filters={"label": LABEL}):
+        labels = container.labels or {}
+        if labels.get(f"{LABEL}.host") != host:
+            continue
+        try:
+            pid = int(labels.get(f"{LABEL}.pid", "0"))
+        except ValueError:
+            pid = 0
+        if pid > 0 and _alive(pid):
+            continue
+        with contextlib.suppress(Exception):
+            container.remove(force=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove(client: Any, container_id: str) -> None:
+    with contextlib.suppress(Exception):
+        client.api.remove_container(container_id, force=True)
+
+
+class DockerSession(ReplSession):
+    """A session in its own container (no network, read-only root, limits, non-root, no mounts)."""
+
+    backend = "docker"
+
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        *,
+        image: str = DEFAULT_IMAGE,
+        build: bool = True,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__(limits or Limits())
+        import docker.errors
+
+        self._errors = docker.errors
+        try:
+            self.client = _client()
+            self.client.ping()
+        except Exception as exc:
+            raise SandboxError(
+                f"no Docker engine answers ({exc}); start one (dockerd) or use bubblewrap"
+            ) from exc
+        self.image = image
+        reap_leftovers(self.client)
+        ensure_image(self.client, image, build=build, progress=progress)
+        self.container_id: str | None = None
+        self._exec_id: str | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    # -- the container -------------------------------------------------------------------------
+
+    def _create_container(self) -> str:
+        try:
+            return self._run_container(init=True)
+        except self._errors.APIError as exc:
+            if "docker-init" not in str(exc):
+                raise SandboxError(f"cannot start the sandbox container: {exc}") from exc
+        # An engine without its init binary (Debian's tini): the reaper alone is PID 1.
+        return self._run_container(init=False)
+
+    def _run_container(self, *, init: bool) -> str:
+        from docker.types import Ulimit
+
+        lim = self.limits
+        container = None
+        try:
+            container = self.client.containers.create(
+                self.image,
+                ["python3", "-I", "-c", REAPER],
+                user=KEEPER_USER,
+                init=init,
+                network_mode="none",
+                read_only=True,
+                tmpfs={
+                    "/tmp": f"rw,nosuid,nodev,size={lim.tmp_disk},mode=1777",
+                    "/mnt/data": f"rw,nosuid,nodev,size={lim.data_disk},mode=1777",
+                },
+                mem_limit=lim.memory,
+                memswap_limit=lim.memory,
+                nano_cpus=int(lim.cpus * 1e9),
+                pids_limit=lim.pids,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                ulimits=[
+                    Ulimit(name="nofile", soft=lim.open_files, hard=lim.open_files),
+                    Ulimit(name="fsize", soft=lim.max_file, hard=lim.max_file),
+                    Ulimit(name="core", soft=0, hard=0),
+                ],
+                environment={},
+                hostname="sandbox",
+                working_dir="/mnt/data",
+                labels={
+                    LABEL: "1",
+                    f"{LABEL}.host": socket.gethostname(),
+                    f"{LABEL}.pid": str(os.getpid()),
+                },
+                ipc_mode="private",
+                auto_remove=False,
+            )
+            container.start()
+        except self._errors.APIError:
+            if container is not None:
+                _remove(self.client, container.id)
+            raise
+        except self._errors.DockerException as exc:
+            raise SandboxError(f"cannot start the sandbox container: {exc}") from exc
+        self._finalizer = weakref.finalize(self, _remove, self.client, container.id)
+        return str(container.id)
+
+    def _running(self) -> bool:
+        if not self.container_id:
+            return False
+        try:
+            state = self.client.api.inspect_container(self.container_id)["State"]
+        except self._errors.DockerException:
+            return False
+        return bool(state.get("Running"))
+
+    def _spawn(self) -> Channel:
+        if self.container_id and not self._running():
+            self._teardown()
+        if not self.container_id:
+            self.container_id = self._create_container()
+        api = self.client.api
+        try:
+            self._exec_id = api.exec_create(
+                self.container_id,
+                ["python3", "-I", "-c", driver_source()],
+                stdin=True,
+                stdout=True,
+                stderr=True,
+                tty=False,
+                user=CODE_USER,
+                environment=sandbox_env(self.limits),
+                workdir="/mnt/data",
+            )["Id"]
+            sock = api.exec_start(self._exec_id, socket=True)
+        except self._errors.DockerException as exc:
+            raise SandboxError(f"cannot start Python in the sandbox container: {exc}") from exc
+        raw = getattr(sock, "_sock", sock)
+        if not isinstance(raw, socket.socket):
+            raise SandboxError(
+                "the Docker engine's connection is not a socket (remote engines over ssh are unsupported)"
+            )
+        # Keep the HTTP response alive with the socket it owns.
+        self._sock_owner = sock
+        return SocketChannel(raw)
+
+    def _death_reason(self) -> str:
+        if self._exec_id:
+            with contextlib.suppress(Exception):
+                info = self.client.api.exec_inspect(self._exec_id)
+                code = info.get("ExitCode")
+                if code == 137:
+                    return "killed: most likely the memory limit was reached"
+                if code is not None:
+                    return f"exit status {code}"
+        return "the Python process exited"
+
+    def _kill(self) -> bool:
+        if not self.container_id:
+            return True
+        if self._running():
+            try:
+                exec_id = self.client.api.exec_create(
+                    self.container_id, ["python3", "-I", "-c", KILLER], user=CODE_USER
+                )["Id"]
+                self.client.api.exec_start(exec_id)
+                if self.client.api.exec_inspect(exec_id).get("ExitCode") == 0:
+                    return True
+            except self._errors.DockerException:
+                pass
+        self._teardown()  # the container could not be cleaned from inside: replace it
+        return False
+
+    def _teardown(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()
+            self._finalizer = None
+        self.container_id = None
+        self._exec_id = None

@@ -1,0 +1,325 @@
+"""The REPL driver that runs inside the sandbox: a notebook kernel in one small file.
+
+It runs under the sandbox's own Python (standard library only, Python 3.9+) and talks to the host
+over its stdin/stdout pipes in frames: a 4-byte big-endian length, then UTF-8 JSON.
+
+host -> driver  ``{"type": "run", "code": str, "output_chars": int, "cpu_seconds": float}``
+driver -> host  ``{"type": "ready", "python": str}`` once, at start
+                ``{"type": "out", "stream": "stdout"|"stderr", "text": str}`` while a cell runs
+                (only the head of long output; the host keeps what came before a timeout)
+                ``{"type": "done", "tail": [[stream, text], ...], "cut": int, "value": str|None,
+                "error": str|None}`` when the cell is finished
+
+A cell runs like a notebook cell: every statement is executed and the value of a final expression
+is shown as its ``repr``. Output written to ``sys.stdout``/``sys.stderr`` and to file descriptors
+1 and 2 (subprocesses) is captured in order; the protocol itself lives on private descriptors that
+user code and child processes do not inherit.
+"""
+
+from __future__ import annotations
+
+import ast
+import codecs
+import collections
+import contextlib
+import fcntl
+import io
+import json
+import linecache
+import os
+import resource
+import signal
+import struct
+import sys
+import termios
+import threading
+import time
+import traceback
+import types
+
+HEADER = struct.Struct(">I")
+MAX_FRAME = 64 * 1024 * 1024
+
+
+def encode_frame(message: dict) -> bytes:
+    """One frame: the length of the JSON body, then the body."""
+    body = json.dumps(message, ensure_ascii=False).encode("utf-8", "backslashreplace")
+    return HEADER.pack(len(body)) + body
+
+
+def clean(text: str) -> str:
+    """Text that encodes as UTF-8: lone surrogates (undecodable bytes) become backslash escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    chunks = []
+    while n:
+        data = os.read(fd, n)
+        if not data:
+            raise EOFError
+        chunks.append(data)
+        n -= len(data)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class Recorder:
+    """Output of one cell in order: the head is sent as it comes, the tail kept for the end."""
+
+    def __init__(self, send, limit: int) -> None:
+        self.send = send
+        self.head_left = limit - limit // 2
+        self.tail_limit = limit // 2
+        self.tail: collections.deque = collections.deque()
+        self.tail_len = 0
+        self.cut = 0
+        self.lock = threading.Lock()
+
+    def add(self, stream: str, text: str) -> None:
+        if not text:
+            return
+        text = clean(text)
+        with self.lock:
+            if self.head_left > 0:
+                head, text = text[: self.head_left], text[self.head_left :]
+                self.head_left -= len(head)
+                self.send({"type": "out", "stream": stream, "text": head})
+            if not text:
+                return
+            self.tail.append([stream, text])
+            self.tail_len += len(text)
+            while self.tail_len > self.tail_limit:
+                excess = self.tail_len - self.tail_limit
+                first = self.tail[0]
+                if len(first[1]) <= excess:
+                    self.tail.popleft()
+                    dropped = len(first[1])
+                else:
+                    first[1] = first[1][excess:]
+                    dropped = excess
+                self.tail_len -= dropped
+                self.cut += dropped
+
+
+class TextStream(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` during a cell: text and bytes go straight to the recorder."""
+
+    def __init__(self, driver: Driver, name: str, fd: int) -> None:
+        super().__init__()
+        self._driver, self._name, self._fd = driver, name, fd
+        self.buffer = BytesStream(self)
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return "backslashreplace"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, s: str) -> int:
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        self._driver.recorder.add(self._name, s)
+        return len(s)
+
+
+class BytesStream(io.RawIOBase):
+    """``sys.stdout.buffer``: bytes are decoded as UTF-8, invalid bytes shown as ``\\xNN``."""
+
+    def __init__(self, text: TextStream) -> None:
+        super().__init__()
+        self._text = text
+        self._decoder = codecs.getincrementaldecoder("utf-8")("backslashreplace")
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._text.fileno()
+
+    def write(self, b) -> int:
+        data = bytes(b)
+        self._text.write(self._decoder.decode(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class Driver:
+    def __init__(self) -> None:
+        # The protocol moves to private descriptors; 0, 1 and 2 become /dev/null and two pipes
+        # whose other ends pump into the recorder (this captures subprocesses too).
+        self.proto_in = os.dup(0)
+        self.proto_out = os.dup(1)
+        self.pid = os.getpid()
+        self.send_lock = threading.Lock()
+        self.recorder = Recorder(self.send, 1)
+        self.pump_lock = threading.Lock()
+        self.pipes = {}
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            r, w = os.pipe()
+            os.set_inheritable(w, False)
+            self.pipes[fd] = (r, w)
+            threading.Thread(target=self._pump, args=(r, name), daemon=True).start()
+        self._reset_fds()
+        self.module = types.ModuleType("__main__")
+        self.module.__dict__["__builtins__"] = __builtins__
+        sys.modules["__main__"] = self.module
+        self.cells = 0
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past RLIMIT_FSIZE fail with EFBIG
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def send(self, message: dict) -> None:
+        frame = encode_frame(message)
+        with self.send_lock:
+            _write_all(self.proto_out, frame)
+
+    def _after_fork(self) -> None:
+        # A forked child writes to the pipes like any subprocess, never into the protocol.
+        os.close(self.proto_in)
+        os.close(self.proto_out)
+        for fd in (1, 2):
+            stream = io.TextIOWrapper(
+                io.FileIO(fd, "w", closefd=False),
+                encoding="utf-8",
+                errors="backslashreplace",
+                write_through=True,
+            )
+            setattr(sys, "stdout" if fd == 1 else "stderr", stream)
+
+    def _pump(self, fd: int, name: str) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")("backslashreplace")
+        while True:
+            data = os.read(fd, 65536)
+            if not data:
+                return
+            with self.pump_lock:
+                self.recorder.add(name, decoder.decode(data))
+
+    def _drain(self) -> None:
+        """Wait (briefly) until the pumps have read what is in the pipes."""
+        buf = bytearray(4)
+        for r, _ in self.pipes.values():
+            for _ in range(100):
+                fcntl.ioctl(r, termios.FIONREAD, buf)
+                if not int.from_bytes(buf, sys.byteorder):
+                    break
+                time.sleep(0.002)
+        with self.pump_lock:
+            pass
+
+    def _reset_fds(self) -> None:
+        null = os.open(os.devnull, os.O_RDONLY)
+        if null != 0:
+            os.dup2(null, 0)
+            os.close(null)
+        for fd, (_, w) in self.pipes.items():
+            os.dup2(w, fd)
+        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            stream = TextStream(self, name, fd)
+            setattr(sys, name, stream)
+            setattr(sys, f"__{name}__", stream)
+
+    def run_cell(self, code: str, filename: str):
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        tree = ast.parse(code, filename, "exec")
+        last = None
+        final = tree.body[-1] if tree.body else None
+        if isinstance(final, ast.Expr):
+            tree.body.pop()
+            last = ast.Expression(final.value)
+        namespace = self.module.__dict__
+        exec(compile(tree, filename, "exec"), namespace)
+        if last is None:
+            return None
+        value = eval(compile(last, filename, "eval"), namespace)
+        if value is not None:
+            namespace["_"] = value
+        return value
+
+    def format_error(self, exc: BaseException) -> str:
+        tb = exc.__traceback__
+        while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell-"):
+            tb = tb.tb_next  # the driver's own frames (and ast.parse's, for a SyntaxError)
+        return clean("".join(traceback.format_exception(type(exc), exc, tb)))
+
+    def handle(self, request: dict) -> None:
+        limit = max(int(request.get("output_chars", 20000)), 2)
+        self.recorder = Recorder(self.send, limit)
+        self._reset_fds()
+        cpu_seconds = request.get("cpu_seconds")
+        if cpu_seconds:
+            used = resource.getrusage(resource.RUSAGE_SELF)
+            soft = int(used.ru_utime + used.ru_stime + cpu_seconds) + 1
+            hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+            if hard == resource.RLIM_INFINITY or soft <= hard:
+                resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+        self.cells += 1
+        value = error = None
+        try:
+            result = self.run_cell(request["code"], f"<cell-{self.cells}>")
+            if result is not None:
+                value = clean(repr(result))
+                if len(value) > limit:
+                    cut = len(value) - limit
+                    value = f"{value[: limit // 2]}\n[... {cut} characters cut ...]\n{value[-(limit // 2) :]}"
+        except BaseException as exc:
+            error = self.format_error(exc)
+        if os.getpid() != self.pid:
+            # A child forked by the cell came back here: it must not act as a second driver.
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    if error:
+                        stream.write(error)
+                    stream.flush()
+            os._exit(1 if error else 0)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        self._drain()
+        rec = self.recorder
+        with rec.lock:
+            rec.head_left = 0  # late output from children goes to the tail only
+            tail = [list(item) for item in rec.tail]
+            self.send({"type": "done", "tail": tail, "cut": rec.cut, "value": value, "error": error})
+
+    def serve(self) -> None:
+        self.send({"type": "ready", "python": sys.version.split()[0]})
+        while True:
+            try:
+                (size,) = HEADER.unpack(_read_exact(self.proto_in, HEADER.size))
+                request = json.loads(_read_exact(self.proto_in, size))
+            except EOFError:
+                return
+            if request.get("type") == "run":
+                self.handle(request)
+
+
+def main() -> None:
+    os.chdir(os.environ.get("SANDBOX_CWD", "/mnt/data"))
+    Driver().serve()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

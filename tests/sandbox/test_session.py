@@ -1,0 +1,159 @@
+"""Notebook semantics of a session, on every backend (dangerous-local runs everywhere)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from _sandbox_support import BACKENDS, SMALL, open_backend
+from gptoss_agent.sandbox import Execution, SandboxError, open_sandbox
+
+ALL = [*BACKENDS, "dangerous-local"]
+
+
+@pytest.fixture(params=ALL)
+def any_session(request):
+    s = open_backend(request.param)
+    yield s
+    s.close()
+
+
+def test_state_persists_across_calls(any_session):
+    assert any_session.run("x = 41\nimport math\ndef inc(v):\n    return v + 1").value is None
+    ex = any_session.run("inc(x), math.floor(2.5)")
+    assert ex.value == "(42, 2)"
+    assert ex.output == "(42, 2)"
+    assert not ex.error and not ex.timed_out and not ex.restarted
+
+
+def test_final_expression_like_a_notebook(any_session):
+    assert any_session.run("1 + 1").value == "2"
+    assert any_session.run("y = 3").value is None
+    ex = any_session.run("print('hi')")
+    assert (ex.output, ex.value) == ("hi\n", None)
+    ex = any_session.run("for i in range(2):\n    print(i)\n'done'")
+    assert ex.output == "0\n1\n'done'"
+    assert any_session.run("z = 5; z * 2").value == "10"
+    assert any_session.run("_ + 1").value == "11"
+
+
+def test_stdout_and_stderr_in_order(any_session):
+    ex = any_session.run(
+        "import sys, os\nprint('a')\nprint('b', file=sys.stderr)\nos.system('echo c')\nprint('d')"
+    )
+    assert ex.output == "a\nb\nc\nd\n"
+    assert ex.stdout == "a\nc\nd\n"
+    assert ex.stderr == "b\n"
+
+
+def test_traceback_without_driver_frames(any_session):
+    ex = any_session.run("def f():\n    raise ValueError('boom')\n\nf()")
+    assert ex.error and ex.error == ex.output
+    assert ex.error.startswith('Traceback (most recent call last):\n  File "<cell-')
+    assert "raise ValueError('boom')" in ex.error
+    assert ex.error.rstrip().endswith("ValueError: boom")
+    assert "<string>" not in ex.error and "driver" not in ex.error and "exec(" not in ex.error
+    assert any_session.run("1").value == "1"
+
+
+def test_syntax_error(any_session):
+    ex = any_session.run("x = (")
+    assert ex.error and "SyntaxError" in ex.error and "ast.py" not in ex.error and "Traceback" not in ex.error
+
+
+def test_output_before_an_exception_is_kept(any_session):
+    ex = any_session.run("print('before')\n1/0")
+    assert ex.output.startswith("before\nTraceback")
+    assert "ZeroDivisionError" in ex.output
+
+
+def test_long_output_keeps_head_and_tail(any_session):
+    ex = any_session.run("for i in range(20000):\n    print(f'line {i}')")
+    assert ex.output.startswith("line 0\nline 1\n")
+    assert ex.output.rstrip().endswith("line 19999")
+    assert "characters of output cut ...]" in ex.output
+    assert len(ex.output) < SMALL.output_chars + 200
+    ex = any_session.run("'v' * 100000")
+    assert ex.value and len(ex.value) < SMALL.output_chars + 200 and "characters cut" in ex.value
+
+
+def test_invalid_utf8_and_binary_output(any_session):
+    ex = any_session.run(
+        "import sys, os\nsys.stdout.buffer.write(b'A\\xff\\xfeB\\n')\nos.write(1, b'C\\xc3(\\n')\nprint('\\udcff')"
+    )
+    assert "A\\xff\\xfeB" in ex.output and "C\\xc3(" in ex.output
+    ex.output.encode("utf-8")  # always valid text
+    assert any_session.run("bytes(range(5))").value == "b'\\x00\\x01\\x02\\x03\\x04'"
+
+
+def test_files_in_mnt_data_persist(any_session):
+    if any_session.backend == "dangerous-local":
+        pytest.skip("dangerous-local has no /mnt/data (it works in a temporary folder)")
+    ex = any_session.run("import os\nopen('/mnt/data/notes.txt', 'w').write('kept')\nos.getcwd()")
+    assert ex.value == "'/mnt/data'"
+    assert any_session.run("open('notes.txt').read()").value == "'kept'"
+
+
+def test_reset_forgets_everything(any_session):
+    any_session.run("x = 1\nopen('f.txt', 'w').write('x')")
+    any_session.reset()
+    ex = any_session.run("x")
+    assert ex.error and "NameError" in ex.error and not ex.restarted
+    assert any_session.run("import os; os.path.exists('f.txt')").value == "False"
+
+
+def test_async_and_threads(any_session):
+    async def two():
+        return await asyncio.gather(
+            any_session.arun("import time; time.sleep(0.2); 1"), any_session.arun("2")
+        )
+
+    assert [ex.value for ex in asyncio.run(two())] == ["1", "2"]
+    results: list[Execution] = []
+    threads = [
+        threading.Thread(target=lambda i=i: results.append(any_session.run(f"{i} * 10"))) for i in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(ex.value or "" for ex in results) == ["0", "10", "20", "30"]
+
+
+def test_closed_session_refuses(any_session):
+    any_session.close()
+    with pytest.raises(SandboxError):
+        any_session.run("1")
+    any_session.close()
+
+
+def test_unknown_backend_and_bad_limits():
+    with pytest.raises(ValueError, match="unknown sandbox backend"):
+        open_sandbox("podman")
+    with pytest.raises(ValueError, match="memory"):
+        open_sandbox("dangerous-local", memory=0)
+
+
+def test_auto_explains_how_to_get_a_sandbox(monkeypatch):
+    import gptoss_agent.sandbox.bubblewrap as bw
+    import gptoss_agent.sandbox.docker as dk
+
+    monkeypatch.setattr(dk, "docker_available", lambda: False)
+    monkeypatch.setattr(bw, "bubblewrap_available", lambda: False)
+    with pytest.raises(SandboxError, match=r"(?s)Docker.*bubblewrap"):
+        open_sandbox("auto")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_libraries_a_model_reaches_for(backend):
+    with open_backend(backend) as s:
+        if backend == "bubblewrap" and str(s.root) == "/":
+            pytest.skip("bubblewrap runs the host's Python here (the image's root filesystem is not built)")
+        code = (
+            "import numpy as np, pandas as pd, sympy, scipy, matplotlib.pyplot as plt\n"
+            "plt.plot([1, 2, 3]); plt.savefig('/mnt/data/plot.png')\n"
+            "int(np.arange(10).sum()), str(sympy.integrate(sympy.Symbol('x'))), len(pd.DataFrame({'a': [1, 2]}))"
+        )
+        ex = s.run(code, timeout=60)
+        assert ex.value == "(45, 'x**2/2', 2)", ex.output
