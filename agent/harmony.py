@@ -725,6 +725,9 @@ class StreamParser:
         self._header: _Header | None = None
         self._parts: list[str] = []
         self._pending = b""
+        self._channel: str | None = None  # of the current message, for ContentDelta
+        self._recipient: str | None = None
+        self._held: list[int] | None = None  # <|channel|> seen inside content, and what followed
 
     # -- state, for callers that poll ------------------------------------------------------
 
@@ -765,7 +768,7 @@ class StreamParser:
             except TypeError:
                 return [self._error(ParseErrorKind.INVALID_TOKEN, f"{token!r} is not a token id", True, pos)]
         if self._state == _CONTENT:
-            if 0 <= token < FIRST_SPECIAL:
+            if 0 <= token < FIRST_SPECIAL and self._held is None:
                 data = self._table[token]
                 if data is not None:
                     if self._pending:
@@ -777,10 +780,8 @@ class StreamParser:
                         return self._undecodable(data, exc)
                     self._parts.append(text)
                     self.last_content_delta = text
-                    header = self._header
-                    assert header is not None
-                    return [ContentDelta(text, header.channel, header.recipient)]
-            return self._content_special(token, pos)
+                    return [ContentDelta(text, self._channel, self._recipient)]
+            return self._content_token(token, pos)
         if self._state == _HEADER:
             return self._header_token(token, pos)
         return self._expect_start(token, pos)
@@ -790,6 +791,8 @@ class StreamParser:
         pos = self.position
         events: list[Event] = []
         if self._state == _CONTENT:
+            if self._held is not None:
+                events += self._release_held(pos)
             events += self._finish("eos")
             events.append(
                 self._error(ParseErrorKind.TRUNCATED, "the stream ended inside a message", True, pos)
@@ -842,9 +845,12 @@ class StreamParser:
     def _finish(self, end: Literal["end", "call", "return", "eos", "implicit"]) -> list[Event]:
         header = self._header
         assert header is not None
+        events: list[Event] = []
+        if self._pending:  # bytes of an unfinished character: flushed as replacement characters
+            tail = self._pending.decode("utf-8", "replace")
+            self._parts.append(tail)
+            events.append(ContentDelta(tail, header.channel, header.recipient))
         text = "".join(self._parts)
-        if self._pending:
-            text += self._pending.decode("utf-8", "replace")
         message = Message(
             author=header.author,
             content=[TextContent(text)],
@@ -858,7 +864,7 @@ class StreamParser:
         self._pending = b""
         self.last_content_delta = None
         self._state = _EXPECT_START
-        events: list[Event] = [MessageDone(message, end)]
+        events.append(MessageDone(message, end))
         if end == "call":
             if header.recipient is None:
                 events.append(
@@ -876,7 +882,10 @@ class StreamParser:
             events.append(AnswerDone(message))
         return events
 
-    def _content_special(self, token: int, pos: int) -> list[Event]:
+    def _content_token(self, token: int, pos: int) -> list[Event]:
+        """A content token off the fast path: special, undecodable, or held after <|channel|>."""
+        if self._held is not None:
+            return self._hold(token, pos)
         end = _STOP_END.get(token)
         if end is not None:
             return self._finish(end)
@@ -886,28 +895,75 @@ class StreamParser:
                     ParseErrorKind.INVALID_TOKEN, f"token {token!r} is not in the vocabulary", True, pos
                 )
             ]
-        if token in (START, CHANNEL):
-            assert self._header is not None
-            role = self._header.author.role
-            events = self._finish("implicit")
-            events.append(
-                self._error(
-                    ParseErrorKind.MISSING_END,
-                    f"{self._name(token)} inside a message: the message was ended there",
-                    True,
-                    pos,
-                )
-            )
-            self._state = _HEADER
-            self._implicit = False
-            self._header_tokens = [CHANNEL] if token == CHANNEL else []
-            self._next_role = role if token == CHANNEL else None
-            return events
+        if token < FIRST_SPECIAL:  # an ordinary token while a <|channel|> was held
+            return self._content_text(token)
+        if token == START:
+            return self._split_message([], None, pos, "<|start|>")
+        if token == CHANNEL:
+            # Maybe "...<|channel|>final<|message|>": a new message without <|end|><|start|>assistant.
+            # Hold the tokens until <|message|> decides (or give up after a few).
+            self._held = []
+            return []
         return [
             self._error(
                 ParseErrorKind.STRAY_SPECIAL, f"{self._name(token)} inside a message was dropped", True, pos
             )
         ]
+
+    def _content_text(self, token: int) -> list[Event]:
+        data = self._table[token] or b""
+        if self._pending:
+            data = self._pending + data
+            self._pending = b""
+        try:
+            text = data.decode()
+        except UnicodeDecodeError as exc:
+            return self._undecodable(data, exc)
+        self._parts.append(text)
+        self.last_content_delta = text
+        return [ContentDelta(text, self._channel, self._recipient)]
+
+    def _hold(self, token: int, pos: int) -> list[Event]:
+        held = self._held
+        assert held is not None
+        if token == MESSAGE:
+            data = b"".join(self._table[t] or b"" for t in held)
+            word = re.split(r"[\s<]", data.decode("utf-8", "replace"), maxsplit=1)[0]
+            if word in self._channels:
+                assert self._header is not None
+                events = self._split_message([CHANNEL, *held], self._header.author.role, pos, "<|channel|>")
+                return events + self._header_token(MESSAGE, pos)
+        elif token not in _STOP_END and token != START and len(held) < 8 and self._valid(token):
+            held.append(token)
+            return []
+        events = self._release_held(pos)
+        return events + self._content_token(token, pos)
+
+    def _release_held(self, pos: int) -> list[Event]:
+        """The held <|channel|> began no message: drop it and read what followed as content."""
+        held = self._held or []
+        self._held = None
+        events: list[Event] = [
+            self._error(ParseErrorKind.STRAY_SPECIAL, "<|channel|> inside a message was dropped", True, pos)
+        ]
+        for t in held:
+            events += self._content_token(t, pos)
+        return events
+
+    def _split_message(self, header_tokens: list[int], role: Role | None, pos: int, what: str) -> list[Event]:
+        """A new message began inside this one: end this one there, start reading its header."""
+        self._held = None
+        events = self._finish("implicit")
+        events.append(
+            self._error(
+                ParseErrorKind.MISSING_END, f"{what} inside a message: the message was ended there", True, pos
+            )
+        )
+        self._state = _HEADER
+        self._implicit = False
+        self._header_tokens = header_tokens
+        self._next_role = role
+        return events
 
     def _expect_start(self, token: int, pos: int) -> list[Event]:
         if token == START:
@@ -1025,6 +1081,9 @@ class StreamParser:
 
     def _start_content(self, header: _Header) -> None:
         self._header = header
+        self._channel = header.channel
+        self._recipient = header.recipient
+        self._held = None
         self._header_tokens = []
         self._implicit = False
         self._next_role = None
@@ -1055,9 +1114,16 @@ class StreamParser:
             return events
         head, body = _split_header_text(text, self._channels)
         header, _ = _lenient_header(head, self._next_role, self._channels)
+        if end == "eos" and not body:
+            detail = f"the stream ended inside the header {text!r}"
+            events.append(self._error(ParseErrorKind.TRUNCATED, detail, False, pos))
+            self._state = _EXPECT_START
+            self._header_tokens = []
+            self._next_role = None
+            return events
         if end == "eos":
             detail = f"the stream ended inside the header {text!r}; read as {_describe(header)}"
-            events.append(self._error(ParseErrorKind.TRUNCATED, detail, bool(body), pos))
+            events.append(self._error(ParseErrorKind.TRUNCATED, detail, True, pos))
         else:
             detail = f"<|message|> missing after header {head!r}; read as {_describe(header)} with the text after it as content"
             events.append(self._error(ParseErrorKind.MISSING_MESSAGE, detail, True, pos))
