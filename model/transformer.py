@@ -1,0 +1,338 @@
+"""The gpt-oss transformer, in forward order.
+
+    tokens -> embedding -> N x [ AttentionBlock -> MLPBlock ] -> RMSNorm -> unembedding -> logits
+
+AttentionBlock: RMSNorm, fused QKV (with bias), YaRN RoPE, grouped-query attention (64 query heads,
+8 KV heads, head dim 64) with a learned sink logit per head, a 128-token band on even layers,
+output projection, residual. MLPBlock: RMSNorm, router (linear with bias, top-4, softmax over the
+four), per-expert clamped SwiGLU (gate and linear halves interleaved), weighted sum, residual.
+
+Activations run in float32 on the CPU (weights may stay bf16 and are widened per use) and in the
+weight dtype on CUDA. ``Transformer.forward`` without a cache is the test oracle for the cached path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from gptoss_agent.model import kernels
+from gptoss_agent.model.cache import KVCache, LayerCache
+from gptoss_agent.model.checkpoint import Checkpoint, ExpertWeight
+from gptoss_agent.model.config import ModelConfig
+from gptoss_agent.model.mxfp4 import MXFP4Experts
+from torch import nn
+
+__all__ = ["AttentionBlock", "MLPBlock", "RMSNorm", "RotaryEmbedding", "Transformer"]
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` in ``x``'s dtype; bf16 weights are read in place on the CPU."""
+    if weight.dtype != x.dtype:
+        fast = kernels.linear(x, weight, bias)
+        if fast is not None:
+            return fast
+        weight = weight.to(x.dtype)
+    return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, scale: torch.Tensor, eps: float):
+        super().__init__()
+        self.scale = nn.Buffer(scale.float())
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.float()
+        t = t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (t * self.scale).to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """YaRN-scaled rotary embedding (NTK-by-parts interpolation plus attention concentration)."""
+
+    def __init__(self, config: ModelConfig, device: torch.device):
+        super().__init__()
+        d, base, factor = config.head_dim, config.rope_theta, config.rope_scaling_factor
+        freq = base ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d)
+        if factor > 1.0:
+            self.concentration = 0.1 * math.log(factor) + 1.0
+            d_half = d / 2
+            ctx = config.initial_context_length
+            low = d_half * math.log(ctx / (config.rope_ntk_beta * 2 * math.pi)) / math.log(base)
+            high = d_half * math.log(ctx / (config.rope_ntk_alpha * 2 * math.pi)) / math.log(base)
+            interpolation = 1.0 / (factor * freq)
+            extrapolation = 1.0 / freq
+            ramp = (torch.arange(d_half, dtype=torch.float32, device=device) - low) / (high - low)
+            mask = 1 - ramp.clamp(0, 1)
+            self.inv_freq = interpolation * (1 - mask) + extrapolation * mask
+        else:
+            self.concentration = 1.0
+            self.inv_freq = 1.0 / freq
+        self._cos = torch.empty(0, d // 2, device=device)
+        self._sin = torch.empty(0, d // 2, device=device)
+
+    def _table(self, n: int) -> None:
+        if n > self._cos.shape[0]:
+            n = max(n, 2 * self._cos.shape[0], 1024)
+            freqs = torch.arange(n, dtype=torch.float32, device=self.inv_freq.device)[:, None] * self.inv_freq
+            self._cos = freqs.cos() * self.concentration
+            self._sin = freqs.sin() * self.concentration
+
+    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Rotate ``x (T, heads, head_dim)`` whose first row sits at position ``start``."""
+        t = x.shape[0]
+        self._table(start + t)
+        cos = self._cos[start : start + t, None, :].to(x.dtype)
+        sin = self._sin[start : start + t, None, :].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sinks: torch.Tensor,
+    *,
+    q_start: int,
+    k_start: int,
+    window: int | None,
+    block_elems: int = 1 << 24,
+) -> torch.Tensor:
+    """Causal grouped-query attention with a sink logit per head.
+
+    q (T, n_kv, rep, d); k, v (S, n_kv, d); sinks (n_kv, rep). Returns (T, n_kv * rep * d).
+    Queries go in blocks so that the score matrix stays under ``block_elems`` entries.
+    """
+    t, n_kv, rep, d = q.shape
+    s = k.shape[0]
+    scale = 1.0 / math.sqrt(d)
+    k_pos = torch.arange(k_start, k_start + s, device=q.device)
+    sink = sinks.to(q.dtype)[:, :, None, None]  # (n_kv, rep, 1, 1)
+    step = max(1, block_elems // max(1, n_kv * rep * s))
+    outs = []
+    for i in range(0, t, step):
+        qb = q[i : i + step]
+        tb = qb.shape[0]
+        q_pos = torch.arange(q_start + i, q_start + i + tb, device=q.device)
+        visible = k_pos[None, :] <= q_pos[:, None]  # (tb, S)
+        if window is not None:
+            visible &= q_pos[:, None] - k_pos[None, :] < window
+        scores = torch.einsum("tgrd,sgd->grts", qb, k) * scale  # (n_kv, rep, tb, S)
+        scores = scores.masked_fill(~visible, -math.inf)
+        scores = torch.cat([scores, sink.expand(-1, -1, tb, 1)], dim=-1)
+        weights = torch.softmax(scores, dim=-1)[..., :-1]
+        outs.append(torch.einsum("grts,sgd->tgrd", weights, v).reshape(tb, -1))
+    return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+
+class AttentionBlock(nn.Module):
+    def __init__(
+        self, config: ModelConfig, layer: int, weights: dict[str, torch.Tensor], rope: RotaryEmbedding
+    ):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        )
+        self.window = config.sliding_window if config.is_sliding(layer) else None
+        self.norm = RMSNorm(weights["norm.scale"], config.rms_norm_eps)
+        self.qkv_weight = nn.Buffer(weights["qkv.weight"])  # (n_heads*d + 2*n_kv*d, hidden)
+        self.qkv_bias = nn.Buffer(weights["qkv.bias"].float())
+        self.sinks = nn.Buffer(weights["sinks"].float())  # (n_heads,)
+        self.out_weight = nn.Buffer(weights["out.weight"])  # (hidden, n_heads*d)
+        self.out_bias = nn.Buffer(weights["out.bias"].float())
+        self.rope = rope
+
+    def forward(self, x: torch.Tensor, start: int, cache: LayerCache | None) -> torch.Tensor:
+        """x (T, hidden) at positions ``start..start+T``."""
+        t = x.shape[0]
+        d, nq, nkv = self.head_dim, self.n_heads, self.n_kv
+        qkv = linear(self.norm(x), self.qkv_weight, self.qkv_bias)
+        q = qkv[:, : nq * d].view(t, nq, d)
+        k = qkv[:, nq * d : (nq + nkv) * d].view(t, nkv, d)
+        v = qkv[:, (nq + nkv) * d :].view(t, nkv, d)
+        q, k = self.rope(q, start), self.rope(k, start)
+        if cache is not None:
+            k, v, k_start = cache.extend(k, v)
+        else:
+            k_start = start
+        q = q.view(t, nkv, nq // nkv, d)
+        out = attention(
+            q, k, v, self.sinks.view(nkv, nq // nkv), q_start=start, k_start=k_start, window=self.window
+        )
+        return x + linear(out, self.out_weight, self.out_bias)
+
+
+def swiglu(x: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
+    """Clamped SwiGLU over interleaved halves: ``glu * sigmoid(alpha * glu) * (lin + 1)``."""
+    x_glu, x_lin = x[..., ::2], x[..., 1::2]
+    x_glu = x_glu.clamp(max=limit)
+    x_lin = x_lin.clamp(min=-limit, max=limit)
+    return x_glu * torch.sigmoid(alpha * x_glu) * (x_lin + 1)
+
+
+def expert_linear(w: ExpertWeight, e: int, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Expert ``e`` of projection ``w`` applied to ``x (T, in)``, plus its bias row."""
+    if isinstance(w, MXFP4Experts):
+        fast = kernels.mxfp4_linear(x, w.blocks[e], w.scales[e], bias)
+        if fast is not None:
+            return fast
+        return F.linear(x, w.weight(e, x.dtype), bias.to(x.dtype))
+    return linear(x, w[e], bias)
+
+
+class MLPBlock(nn.Module):
+    def __init__(
+        self, config: ModelConfig, weights: dict[str, torch.Tensor], mlp1: ExpertWeight, mlp2: ExpertWeight
+    ):
+        super().__init__()
+        self.top_k, self.alpha, self.limit = (
+            config.experts_per_token,
+            config.swiglu_alpha,
+            config.swiglu_limit,
+        )
+        self.norm = RMSNorm(weights["norm.scale"], config.rms_norm_eps)
+        self.gate_weight = nn.Buffer(weights["gate.weight"])  # (E, hidden)
+        self.gate_bias = nn.Buffer(weights["gate.bias"].float())
+        self.mlp1 = mlp1  # (E, 2*intermediate, hidden), gate/linear rows interleaved
+        self.mlp1_bias = nn.Buffer(weights["mlp1_bias"].float())
+        self.mlp2 = mlp2  # (E, hidden, intermediate)
+        self.mlp2_bias = nn.Buffer(weights["mlp2_bias"].float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.norm(x)
+        logits = linear(t, self.gate_weight, self.gate_bias)  # (T, E)
+        top = torch.topk(logits, k=self.top_k, dim=-1, sorted=True)
+        expert_weights = torch.softmax(top.values.float(), dim=-1).to(x.dtype)  # (T, k)
+        out = torch.zeros_like(x)
+        chosen = top.indices
+        for e in chosen.unique().tolist():
+            rows, slot = torch.where(chosen == e)
+            h = expert_linear(self.mlp1, e, t[rows], self.mlp1_bias[e])
+            h = swiglu(h, self.alpha, self.limit)
+            h = expert_linear(self.mlp2, e, h, self.mlp2_bias[e])
+            out.index_add_(0, rows, h * expert_weights[rows, slot, None])
+        return x + out
+
+
+class Transformer(nn.Module):
+    """gpt-oss: embedding, blocks, final norm, unembedding."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        embedding: torch.Tensor,
+        blocks: list[tuple[AttentionBlock, MLPBlock]],
+        norm: RMSNorm,
+        unembedding: torch.Tensor,
+        compute_dtype: torch.dtype,
+    ):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Buffer(embedding)  # (vocab, hidden)
+        self.attn = nn.ModuleList([a for a, _ in blocks])
+        self.mlp = nn.ModuleList([m for _, m in blocks])
+        self.norm = norm
+        self.unembedding = nn.Buffer(unembedding)  # (vocab, hidden)
+        self.compute_dtype = compute_dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.device
+
+    def new_cache(self, margin: int = 128) -> KVCache:
+        """An empty cache; sliding layers keep ``sliding_window + margin`` positions."""
+        cfg = self.config
+        windows = [cfg.sliding_window if cfg.is_sliding(i) else None for i in range(cfg.num_hidden_layers)]
+        layers = [
+            LayerCache(
+                cfg.num_key_value_heads,
+                cfg.head_dim,
+                keep=None if w is None else w + margin,
+                dtype=self.compute_dtype,
+                device=self.device,
+            )
+            for w in windows
+        ]
+        return KVCache(layers, windows)
+
+    @torch.inference_mode()
+    def forward(
+        self, tokens: torch.Tensor, cache: KVCache | None = None, *, last_only: bool = False
+    ) -> torch.Tensor:
+        """Logits (float32) for ``tokens (T,)``; with ``cache``, the tokens continue it and extend it.
+
+        ``last_only`` computes the logits of the last position only (prefill).
+        """
+        start = cache.length if cache is not None else 0
+        x = self.embedding[tokens].to(self.compute_dtype)  # (T, hidden)
+        for i, (attn, mlp) in enumerate(zip(self.attn, self.mlp, strict=True)):
+            x = attn(x, start, cache.layers[i] if cache is not None else None)
+            x = mlp(x)
+        x = self.norm(x[-1:] if last_only else x)
+        return linear(x, self.unembedding).float()
+
+    # ---- construction ------------------------------------------------------------------
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        ckpt: Checkpoint,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        progress: Callable[[int, int, str], None] | None = None,
+    ) -> Transformer:
+        """Build the model over a checkpoint's tensors.
+
+        Dense weights already in ``dtype`` on the CPU stay memory-mapped; others are converted.
+        MXFP4 experts stay packed (moved to ``device``); dense experts are converted to ``dtype``.
+        """
+        cfg = ckpt.config
+        total = cfg.num_hidden_layers + 2
+        done = 0
+
+        def step(what: str) -> None:
+            nonlocal done
+            done += 1
+            if progress:
+                progress(done, total, what)
+
+        def get(name: str) -> torch.Tensor:
+            t = ckpt.tensor(name)
+            if t.is_floating_point() and t.dtype != dtype:
+                t = t.to(dtype)
+            return t.to(device)
+
+        def experts(layer: int, which: str) -> ExpertWeight:
+            w = ckpt.experts(layer, which)
+            if isinstance(w, MXFP4Experts):
+                return w.to(device)
+            return w.to(device=device, dtype=dtype)
+
+        compute_dtype = torch.float32 if device.type == "cpu" else dtype
+        rope = RotaryEmbedding(cfg, device)
+        embedding = get("embedding.weight")
+        step("embedding")
+        blocks = []
+        for i in range(cfg.num_hidden_layers):
+            b = f"block.{i}."
+            attn_w = {k: get(b + "attn." + k) for k in ("norm.scale", "qkv.weight", "qkv.bias", "sinks")}
+            attn_w |= {k: get(b + "attn." + k) for k in ("out.weight", "out.bias")}
+            mlp_w = {
+                k: get(b + "mlp." + k)
+                for k in ("norm.scale", "gate.weight", "gate.bias", "mlp1_bias", "mlp2_bias")
+            }
+            attn = AttentionBlock(cfg, i, attn_w, rope)
+            mlp = MLPBlock(cfg, mlp_w, experts(i, "mlp1"), experts(i, "mlp2"))
+            blocks.append((attn, mlp))
+            step(f"layer {i}")
+        norm = RMSNorm(get("norm.scale"), cfg.rms_norm_eps)
+        unembedding = get("unembedding.weight")
+        step("unembedding")
+        return cls(cfg, embedding, blocks, norm, unembedding, compute_dtype)
