@@ -9,7 +9,6 @@ trained on (openai-harmony's ``ToolNamespaceConfig.python()``), with the real ti
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import threading
@@ -98,8 +97,9 @@ class Python:
     def session(self) -> Session:
         """The sandbox session, opened on first use when none was given."""
         if self._session is None:
-            sandbox: Any = importlib.import_module("gptoss_agent.sandbox")
-            self._session = sandbox.open_sandbox("auto", timeout=self.timeout)
+            from gptoss_agent.sandbox import open_sandbox
+
+            self._session = open_sandbox("auto", timeout=self.timeout)
         assert self._session is not None
         return self._session
 

@@ -176,8 +176,9 @@ class Toolbox:
             if head in self._freeform and tail in _FREEFORM_SUFFIXES:
                 return self._routes[self._freeform[head]]
         # A bare function name that only one namespace has: "search" -> "browser.search".
-        matches = [r for key, r in self._routes.items() if key.rpartition(".")[2] == name and "." in key]
-        return matches[0] if len(matches) == 1 else None
+        bare = name.removeprefix("functions.")
+        matches = [r for key, r in self._routes.items() if "." in key and key.rpartition(".")[2] == bare]
+        return matches[0] if len(matches) == 1 and "." not in bare else None
 
     def _unknown(self, recipient: str) -> str:
         name = recipient.strip() or "(none)"

@@ -181,7 +181,7 @@ def test_session_opens_lazily_and_closes_when_owned(monkeypatch: pytest.MonkeyPa
         sessions.append(ScriptedSession(options["timeout"]))
         return sessions[-1]
 
-    monkeypatch.setattr(sandbox, "open_sandbox", fake_open, raising=False)
+    monkeypatch.setattr(sandbox, "open_sandbox", fake_open)
     py = Python(timeout=9)
     assert opened == []  # nothing starts before the first call
     assert py.call("python", "1 + 2").content == "3"
@@ -211,17 +211,10 @@ def _real_session_checks(session: Any) -> None:
         assert "NameError" in out.content
 
 
-def _open_sandbox() -> Any:
-    import gptoss_agent.sandbox as sandbox
-
-    if not hasattr(sandbox, "open_sandbox"):
-        pytest.skip("this checkout has no sandbox backends yet (gptoss_agent.sandbox.open_sandbox)")
-    return sandbox.open_sandbox
-
-
 @pytest.mark.bwrap
 def test_real_bubblewrap_sandbox() -> None:
-    open_sandbox = _open_sandbox()
+    from gptoss_agent.sandbox import open_sandbox
+
     if shutil.which("bwrap") is None:
         pytest.skip("bubblewrap is not installed here (CI installs it)")
     with open_sandbox("bubblewrap", timeout=3) as session:
@@ -236,7 +229,7 @@ def _docker_running() -> bool:
 
 @pytest.mark.docker
 def test_real_docker_sandbox() -> None:
-    open_sandbox = _open_sandbox()
+    from gptoss_agent.sandbox import open_sandbox
     from gptoss_agent.sandbox.image import DEFAULT_IMAGE
 
     if not os.environ.get("CI"):  # CI starts the engine and builds the image before the tests

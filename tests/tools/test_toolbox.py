@@ -117,6 +117,8 @@ def test_fakes_are_tools() -> None:
         ("browser.search", "browser.search", "search"),
         ("functions.browser.search", "browser.search", "search"),
         ("search", "browser.search", "search"),
+        ("functions.search", "browser.search", "search"),
+        ("to=browser.find", "browser.find", "find"),
         ("python", "python", "python"),
         ("python.exec", "python", "python"),
         ("python.run", "python", "python"),
