@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import functools
 import importlib
 import inspect
 import json
@@ -528,10 +529,18 @@ def coerce(value: Any, tp: Any) -> Any:
 def _matches(value: Any, tp: Any) -> bool:
     """Whether a JSON value could be the given type (to pick a Union branch)."""
     try:
-        schema = validation_schema(type_schema(tp))
-    except TypeError:
-        return False
-    return bool(compile_validator(schema).is_valid(value))
+        validator = _type_validator(tp)
+    except TypeError:  # unhashable or unsupported: fall back to an uncached check
+        try:
+            validator = compile_validator(validation_schema(type_schema(tp)))
+        except TypeError:
+            return False
+    return bool(validator.is_valid(value))
+
+
+@functools.lru_cache(maxsize=256)
+def _type_validator(tp: Any) -> Validator:
+    return compile_validator(validation_schema(type_schema(tp)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -740,3 +740,44 @@ def test_rendered_tokens_match_our_tokenizer(harmony: h.HarmonyEncoding, enc: An
         harmony, h.DeveloperContent.new().with_instructions("Use the tools.").with_tools(to_harmony(ns))
     )
     assert enc.encode(RENDERED, allowed_special="all") == ours
+
+
+def test_methods_of_a_plain_class_bind_too() -> None:
+    class Greeter:
+        def __init__(self, greeting: str) -> None:
+            self.greeting = greeting
+
+        @tool
+        def greet(self, name: str) -> str:
+            """Greet someone."""
+            return f"{self.greeting}, {name}!"
+
+    hello, hi = Greeter("Hello"), Greeter("Hi")
+    assert hello.greet.call("greet", '{"name": "Ada"}').content == "Hello, Ada!"
+    assert hi.greet.call("greet", '{"name": "Ada"}').content == "Hi, Ada!"
+    assert Greeter.greet.parameters == hello.greet.parameters  # self is not a parameter
+    with pytest.raises(TypeError, match="is a method: call it through an instance"):
+        Greeter.greet.call("greet", '{"name": "Ada"}')
+
+
+def test_pydantic_is_optional(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pydantic", None)  # as if it were not installed
+
+    @tool
+    def f(p: Point, tags: list[str] | None = None) -> Point:
+        return p
+
+    assert f.call("f", '{"p": {"x": 1}}').content == '{"x": 1.0, "y": 0.0}'
+
+
+def test_union_branches_are_converted() -> None:
+    @tool
+    def f(target: Point | list[Point] | Color | None = None) -> str:
+        return repr(target)
+
+    assert f.call("f", '{"target": {"x": 1}}').content == "Point(x=1.0, y=0.0)"
+    assert f.call("f", '{"target": [{"x": 2, "y": 3}]}').content == "[Point(x=2.0, y=3.0)]"
+    assert f.call("f", '{"target": "red"}').content == "<Color.RED: 'red'>"
+    assert f.call("f", '{"target": null}').content == "None"
