@@ -147,6 +147,6 @@ def _layout(raw: str) -> str:
     text = _WHITESPACE_RUN.sub(" ", raw)
     text = _LINE_BREAK.sub("\n", _PARA_BREAK.sub("\n\n", text))
     text = _CELL_END.sub("", text)
-    text = _CELL_MID.sub(" | ", text).replace(_PRE_SPACE, " ")
-    lines = [line.strip() if not line.startswith(" ") else line.rstrip() for line in text.split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+    text = _CELL_MID.sub(" | ", text)
+    text = "\n".join(line.strip(" ") for line in text.split("\n")).replace(_PRE_SPACE, " ")
+    return re.sub(r"\n{3,}", "\n\n", text).strip("\n")
