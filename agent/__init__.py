@@ -1,5 +1,21 @@
 """The agent: the harmony codec, the loop, events, transcripts, workflows and the CLI."""
 
+from gptoss_agent.agent.events import (
+    AgentEvent,
+    AnswerDelta,
+    CommentaryDelta,
+    ParseProblem,
+    ReasoningDelta,
+    RunDone,
+    RunResult,
+    StepDone,
+    StopReason,
+    ToolCallFinished,
+    ToolCallRecord,
+    ToolCallStarted,
+    Usage,
+    event_to_dict,
+)
 from gptoss_agent.agent.harmony import (
     AnswerDone,
     ContentDelta,
@@ -20,6 +36,7 @@ from gptoss_agent.agent.harmony import (
     stop_tokens,
     stop_tokens_for_assistant_actions,
 )
+from gptoss_agent.agent.loop import Agent, drop_finished_reasoning
 from gptoss_agent.agent.messages import (
     Author,
     ChannelConfig,
@@ -35,11 +52,17 @@ from gptoss_agent.agent.messages import (
     ToolDescription,
     ToolNamespaceConfig,
 )
+from gptoss_agent.agent.scripted import ScriptedEngine, ScriptExhausted
+from gptoss_agent.agent.transcript import Transcript, TranscriptError, load_transcript
 
 __all__ = [
+    "Agent",
+    "AgentEvent",
+    "AnswerDelta",
     "AnswerDone",
     "Author",
     "ChannelConfig",
+    "CommentaryDelta",
     "Content",
     "ContentDelta",
     "Conversation",
@@ -50,16 +73,33 @@ __all__ = [
     "MessageStarted",
     "ParseError",
     "ParseErrorKind",
+    "ParseProblem",
+    "ReasoningDelta",
     "ReasoningEffort",
     "RenderError",
     "ResponseFormat",
     "Role",
+    "RunDone",
+    "RunResult",
+    "ScriptExhausted",
+    "ScriptedEngine",
+    "StepDone",
+    "StopReason",
     "StreamParser",
     "SystemContent",
     "TextContent",
     "ToolCall",
+    "ToolCallFinished",
+    "ToolCallRecord",
+    "ToolCallStarted",
     "ToolDescription",
     "ToolNamespaceConfig",
+    "Transcript",
+    "TranscriptError",
+    "Usage",
+    "drop_finished_reasoning",
+    "event_to_dict",
+    "load_transcript",
     "normalize_recipient",
     "parse_completion",
     "render_conversation",

@@ -1,0 +1,595 @@
+"""The agent loop: render, generate, parse while streaming, dispatch tool calls, repeat.
+
+    agent = Agent(engine, tools=[Browser(), Python(), get_weather], reasoning_effort="high")
+    result = agent.run("task")                  # RunResult
+    for event in agent.stream("next task"): ... # same session: the conversation continues
+
+One step renders the conversation (``<|start|>assistant`` appended), lets the engine generate
+until ``<|call|>`` or ``<|return|>``, and feeds every token to harmony's ``StreamParser``, turning
+its events into ``AgentEvent``s as they come. A message to a recipient goes to the ``Toolbox``
+(routing by a mapping of names), whose answer is appended as a tool message on the caller's
+channel. A ``final`` message ending with ``<|return|>`` ends the run.
+
+Who is at fault decides what happens:
+
+- the model's mistakes go back to the model and the run goes on: an unknown tool, bad arguments,
+  a tool that raised or timed out come back as the tool's message (the ``Toolbox`` writes it);
+  output that breaks harmony so that nothing could be acted on comes back as a ``system``
+  message naming the parser's error and the expected form (``<|start|>system<|message|>Your last
+  output ...<|end|>``). Errors the parser recovered from are reported as ``ParseProblem`` events
+  only.
+- limits end the run with a reason: ``max_steps`` generations, ``max_tokens`` generated in the
+  run, ``timeout`` seconds of wall clock (checked between tokens and between steps; a hung tool
+  is bounded by the toolbox's timeout).
+- bugs and runtime failures (an engine that raises, a sandbox that cannot start) propagate.
+
+The KV cache: each step's prompt extends the previous one (the generated tokens, the tool
+message, the next header), so an engine with prefix reuse prefills only what is new. Harmony's
+rule of dropping the reasoning (``analysis``) of turns that ended with a final answer is applied
+only when a new user turn starts, as the format guide prescribes; within a tool-calling chain the
+reasoning stays. Dropping changes the prompt from the first dropped message on, so the first step
+of each new turn prefills from there; ``keep_reasoning=True`` keeps all reasoning (more context,
+full reuse).
+
+Async callers use ``arun`` / ``astream``: the same loop runs in a worker thread and its events
+cross over through an ``asyncio.Queue``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gptoss_agent.agent.events import (
+    AgentEvent,
+    AnswerDelta,
+    CommentaryDelta,
+    ParseProblem,
+    ReasoningDelta,
+    RunDone,
+    RunResult,
+    StepDone,
+    StopReason,
+    ToolCallFinished,
+    ToolCallRecord,
+    ToolCallStarted,
+    Usage,
+)
+from gptoss_agent.agent.harmony import (
+    AnswerDone,
+    ContentDelta,
+    MessageDone,
+    ParseError,
+    StreamParser,
+    ToolCall,
+    normalize_recipient,
+    render_conversation_for_completion,
+    stop_tokens_for_assistant_actions,
+)
+from gptoss_agent.agent.messages import (
+    DEFAULT_MODEL_IDENTITY,
+    Author,
+    DeveloperContent,
+    Message,
+    ReasoningEffort,
+    ResponseFormat,
+    Role,
+    SystemContent,
+    TextContent,
+    ToolDescription,
+    ToolNamespaceConfig,
+)
+from gptoss_agent.agent.transcript import Transcript, load_transcript
+from gptoss_agent.model.engine import Engine, Sampling
+from gptoss_agent.tools.base import NamespaceSpec, Tool
+from gptoss_agent.tools.toolbox import Toolbox
+
+__all__ = ["Agent", "drop_finished_reasoning"]
+
+_REASONING_LINE = re.compile(r"^[ \t]*Reasoning:[ \t]*(low|medium|high)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_HARMONY_HINT = (
+    "Write each message as <|start|>assistant<|channel|>analysis<|message|>...<|end|>; call a tool "
+    "with <|start|>assistant to=TOOL<|channel|>commentary<|message|>ARGUMENTS<|call|>; give the "
+    "answer as <|start|>assistant<|channel|>final<|message|>ANSWER<|return|>."
+)
+
+
+def _split_reasoning(text: str) -> tuple[str, ReasoningEffort | None]:
+    """Take a ``Reasoning: high`` line out of a caller's system or developer text."""
+    matches = list(_REASONING_LINE.finditer(text))
+    if not matches:
+        return text, None
+    effort = ReasoningEffort.parse(matches[-1].group(1))
+    rest = _REASONING_LINE.sub("", text)
+    return re.sub(r"\n{3,}", "\n\n", rest).strip(), effort
+
+
+def _namespace_config(spec: NamespaceSpec) -> ToolNamespaceConfig:
+    return ToolNamespaceConfig(
+        name=spec.name,
+        description=spec.description,
+        tools=[ToolDescription(f.name, f.description, f.parameters) for f in spec.functions],
+    )
+
+
+def drop_finished_reasoning(messages: Sequence[Message]) -> list[Message]:
+    """The messages without the ``analysis`` of turns that ended with a final answer.
+
+    Harmony's format guide: once the assistant answered on the ``final`` channel, its earlier
+    chain of thought is left out of later prompts. Analysis after the last final message (the
+    current tool-calling chain) stays.
+    """
+    last_final = max(
+        (i for i, m in enumerate(messages) if m.author.role is Role.ASSISTANT and m.channel == "final"),
+        default=-1,
+    )
+    return [
+        m
+        for i, m in enumerate(messages)
+        if not (i < last_final and m.author.role is Role.ASSISTANT and m.channel == "analysis")
+    ]
+
+
+@dataclass
+class _Step:
+    """What one generation produced."""
+
+    call: ToolCall | None = None
+    answer: Message | None = None
+    errors: list[ParseError] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    timed_out: bool = False
+    last_final: Message | None = None
+    foreign_role: Role | None = None
+    generation_seconds: float = 0.0
+
+
+class Agent:
+    """A gpt-oss agent session: a conversation, an engine and the tools the model may call.
+
+    Args:
+        engine: Anything with ``Engine.generate`` (``LocalEngine``, ``RemoteEngine``, a scripted one).
+        tools: ``Tool`` objects (``Browser()``, ``Python()``, ``@tool`` functions) or a ``Toolbox``.
+        reasoning_effort: ``"low"``, ``"medium"`` or ``"high"``: rendered as ``Reasoning: ...`` in
+            the system message. A ``Reasoning:`` line in ``system`` or ``instructions`` wins.
+        instructions: The developer message's instructions.
+        system: The caller's own system text (replaces the model identity line) or a whole
+            ``SystemContent`` (used as given, tools added).
+        response_formats: Harmony ``# Response Formats`` for the developer message.
+        max_steps: Generations per run before it stops with ``max_steps``.
+        max_tokens: Tokens the model may generate per run (None: no limit).
+        timeout: Wall-clock seconds per run (None: no limit).
+        sampling: Temperature, top-p and seed of the engine's sampler.
+        tool_timeout: Default seconds one tool call may take (the toolbox's ``timeout``).
+        transcript: A path or ``Transcript``: every message is appended to it as it happens.
+        keep_reasoning: Keep the analysis of finished turns in later prompts.
+        date: The ``Current date`` line (default: today, UTC).
+        enc: The tokenizer (default: ``load_tokenizer()``).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        tools: Iterable[Tool | Callable[..., Any]] | Toolbox = (),
+        *,
+        reasoning_effort: str | ReasoningEffort = "medium",
+        instructions: str | None = None,
+        system: str | SystemContent | None = None,
+        response_formats: Sequence[ResponseFormat] = (),
+        max_steps: int = 20,
+        max_tokens: int | None = None,
+        timeout: float | None = None,
+        sampling: Sampling | None = None,
+        tool_timeout: float | None = 120.0,
+        transcript: str | os.PathLike[str] | Transcript | None = None,
+        keep_reasoning: bool = False,
+        date: str | None = None,
+        enc: Any = None,
+    ) -> None:
+        if max_steps < 1:
+            raise ValueError("max_steps must be at least 1")
+        self.engine = engine
+        self.toolbox = tools if isinstance(tools, Toolbox) else Toolbox(tools, timeout=tool_timeout)
+        self.reasoning_effort = ReasoningEffort.parse(reasoning_effort)
+        self.instructions = instructions
+        self.system = system
+        self.response_formats = list(response_formats)
+        self.max_steps = max_steps
+        self.max_tokens = max_tokens
+        self.timeout = timeout
+        self.sampling = sampling or Sampling()
+        self.keep_reasoning = keep_reasoning
+        self.date = date
+        if enc is None:
+            from gptoss_agent.model.tokenizer import load_tokenizer
+
+            enc = load_tokenizer()
+        self.enc = enc
+        self.transcript = (
+            transcript if isinstance(transcript, Transcript) or transcript is None else Transcript(transcript)
+        )
+        self.messages: list[Message] = []
+        """The conversation as the model sees it (system and developer messages first)."""
+        self._lock = threading.Lock()
+        self._stops = stop_tokens_for_assistant_actions()
+
+    # -- building the conversation -------------------------------------------------------
+
+    @classmethod
+    def from_transcript(
+        cls, path: str | os.PathLike[str], engine: Engine, tools: Iterable[Any] | Toolbox = (), **options: Any
+    ) -> Agent:
+        """An agent that continues the session in the transcript at ``path`` (appending to it).
+
+        The system and developer messages come from the transcript; pass the same ``tools`` the
+        session had. ``agent.resume()`` finishes a turn cut short by a crash; ``run(task)`` starts
+        the next one.
+        """
+        messages = load_transcript(path)
+        agent = cls(engine, tools, transcript=path, **options)
+        last_user = max((i for i, m in enumerate(messages) if m.author.role is Role.USER), default=0)
+        head = messages[:last_user] if agent.keep_reasoning else drop_finished_reasoning(messages[:last_user])
+        agent.messages = head + messages[last_user:]
+        return agent
+
+    def _system_message(self) -> Message:
+        if isinstance(self.system, SystemContent):
+            content = self.system
+        else:
+            identity = DEFAULT_MODEL_IDENTITY
+            effort = self.reasoning_effort
+            if self.system is not None:
+                identity, found = _split_reasoning(self.system)
+                effort = found or effort
+            if self.instructions is not None:
+                effort = _split_reasoning(self.instructions)[1] or effort
+            content = SystemContent(model_identity=identity or None, reasoning_effort=effort)
+        if content.conversation_start_date is None:
+            content.conversation_start_date = self.date or dt.datetime.now(dt.UTC).date().isoformat()
+        for spec in self.toolbox.builtin_namespaces:
+            content.with_tools(_namespace_config(spec))
+        return Message.from_role_and_content(Role.SYSTEM, content)
+
+    def _developer_message(self) -> Message | None:
+        instructions = None
+        if self.instructions is not None:
+            instructions = _split_reasoning(self.instructions)[0] or None
+        dev = DeveloperContent(instructions=instructions)
+        for spec in self.toolbox.developer_namespaces:
+            dev.with_tools(_namespace_config(spec))
+        for fmt in self.response_formats:
+            dev.with_response_format(fmt)
+        if dev.instructions is None and not dev.tools and not dev.response_formats:
+            return None
+        return Message.from_role_and_content(Role.DEVELOPER, dev)
+
+    def _begin(self) -> None:
+        if self.messages:
+            return
+        self._append(self._system_message())
+        developer = self._developer_message()
+        if developer is not None:
+            self._append(developer)
+
+    def _append(self, message: Message) -> None:
+        self.messages.append(message)
+        if self.transcript is not None:
+            self.transcript.append(message)
+
+    # -- running -------------------------------------------------------------------------
+
+    def run(self, task: str | None = None) -> RunResult:
+        """Run one user turn to its end and return the result (see ``stream``)."""
+        result = None
+        for event in self.stream(task):
+            if isinstance(event, RunDone):
+                result = event.result
+        assert result is not None
+        return result
+
+    def resume(self) -> RunResult:
+        """Finish the turn in progress (after ``from_transcript``): ``run(None)``."""
+        return self.run(None)
+
+    def stream(self, task: str | None = None) -> Generator[AgentEvent, None, None]:
+        """Run one user turn, yielding events as they happen; the last is ``RunDone``.
+
+        ``task`` None continues the turn in progress (a resumed transcript): a pending tool call
+        is run first; a turn that already has its final answer ends at once.
+        """
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("this agent is already running; one session runs one turn at a time")
+        try:
+            yield from self._run(task)
+        finally:
+            self._lock.release()
+
+    async def arun(self, task: str | None = None) -> RunResult:
+        """``run`` for async callers (the loop runs in a worker thread)."""
+        result = None
+        async for event in self.astream(task):
+            if isinstance(event, RunDone):
+                result = event.result
+        assert result is not None
+        return result
+
+    async def astream(self, task: str | None = None) -> AsyncIterator[AgentEvent]:
+        """``stream`` for async callers: the same loop in a worker thread, events through a queue.
+
+        Leaving the ``async for`` early (or cancelling) stops the loop at its next event.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
+        stop = threading.Event()
+        done = object()
+
+        def put(item: tuple[bool, Any]) -> None:
+            with contextlib.suppress(RuntimeError):  # the event loop is gone
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def work() -> None:
+            events = self.stream(task)
+            try:
+                for event in events:
+                    put((True, event))
+                    if stop.is_set():
+                        return
+            except BaseException as e:
+                put((False, e))
+                return
+            finally:
+                events.close()
+            put((True, done))
+
+        threading.Thread(target=work, name="agent-loop", daemon=True).start()
+        try:
+            while True:
+                ok, item = await queue.get()
+                if not ok:
+                    raise item
+                if item is done:
+                    return
+                yield item
+        finally:
+            stop.set()
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _run(self, task: str | None) -> Iterator[AgentEvent]:
+        started = time.monotonic()
+        deadline = started + self.timeout if self.timeout is not None else None
+        self._begin()
+        usage = Usage()
+        calls: list[ToolCallRecord] = []
+        if task is not None:
+            if not self.keep_reasoning:
+                self.messages = drop_finished_reasoning(self.messages)
+            first_new = len(self.messages)
+            self._append(Message.from_role_and_content(Role.USER, task))
+        else:
+            first_new = self._turn_start()
+            last = self.messages[-1]
+            if last.author.role is Role.ASSISTANT and last.channel == "final":
+                yield self._done(last.text, StopReason.ANSWER, first_new, calls, usage, 0, started)
+                return
+            if last.author.role is Role.ASSISTANT and last.recipient is not None:
+                recipient = normalize_recipient(last.recipient)
+                yield from self._call_tool(0, recipient, last, calls)
+        step = 0
+        reason = StopReason.MAX_STEPS
+        answer = ""
+        while step < self.max_steps:
+            if deadline is not None and time.monotonic() >= deadline:
+                reason = StopReason.TIMEOUT
+                break
+            if self.max_tokens is not None and usage.generated_tokens >= self.max_tokens:
+                reason = StopReason.MAX_TOKENS
+                break
+            step += 1
+            step_started = time.perf_counter()
+            outcome = _Step()
+            yield from self._generate(step, outcome, usage, deadline)
+            usage.add(outcome.usage)
+            if outcome.call is None and outcome.answer is None and outcome.last_final is not None:
+                outcome.answer = outcome.last_final  # a final message ended with <|end|>: still the answer
+            tool_seconds = 0.0
+            if outcome.call is not None:
+                t0 = time.perf_counter()
+                yield from self._call_tool(step, outcome.call.recipient, outcome.call.message, calls)
+                tool_seconds = time.perf_counter() - t0
+                ended = "call"
+            elif outcome.answer is not None:
+                answer, reason, ended = outcome.answer.text, StopReason.ANSWER, "answer"
+            elif outcome.timed_out:
+                reason = ended = StopReason.TIMEOUT
+            elif self.max_tokens is not None and usage.generated_tokens >= self.max_tokens:
+                reason = ended = StopReason.MAX_TOKENS
+            else:
+                yield from self._feed_back(step, outcome)
+                ended = "error"
+            yield StepDone(
+                step=step,
+                usage=outcome.usage,
+                ended_with=str(ended),
+                seconds=time.perf_counter() - step_started,
+                generation_seconds=outcome.generation_seconds,
+                tool_seconds=tool_seconds,
+            )
+            if ended in ("answer", StopReason.TIMEOUT, StopReason.MAX_TOKENS):
+                break
+        yield self._done(answer, reason, first_new, calls, usage, step, started)
+
+    def _turn_start(self) -> int:
+        """Index of the last user message (the turn a resumed run continues)."""
+        users = [i for i, m in enumerate(self.messages) if m.author.role is Role.USER]
+        if not users:
+            raise ValueError("nothing to resume: the conversation has no user message")
+        return users[-1]
+
+    def _done(
+        self,
+        answer: str,
+        reason: StopReason,
+        first_new: int,
+        calls: list[ToolCallRecord],
+        usage: Usage,
+        steps: int,
+        started: float,
+    ) -> RunDone:
+        return RunDone(
+            RunResult(
+                answer=answer,
+                stop_reason=reason,
+                messages=list(self.messages),
+                new_messages=self.messages[first_new:],
+                tool_calls=calls,
+                usage=usage,
+                steps=steps,
+                elapsed=time.monotonic() - started,
+            )
+        )
+
+    def _generate(self, step: int, out: _Step, usage: Usage, deadline: float | None) -> Iterator[AgentEvent]:
+        """One generation: stream tokens through the parser, append the assistant's messages."""
+        prompt = render_conversation_for_completion(
+            self.messages, Role.ASSISTANT, self.enc, auto_drop_analysis=False
+        )
+        budget = None if self.max_tokens is None else self.max_tokens - usage.generated_tokens
+        parser = StreamParser(self.enc, Role.ASSISTANT)
+        tokens = iter(
+            self.engine.generate(prompt, stop=self._stops, sampling=self.sampling, max_tokens=budget)
+        )
+        generated = 0
+        try:
+            while True:
+                t0 = time.perf_counter()
+                token = next(tokens, None)
+                out.generation_seconds += time.perf_counter() - t0
+                if token is None:
+                    break
+                generated += 1
+                for event in parser.process(token):
+                    yield from self._on_parse_event(step, event, out)
+                if out.foreign_role is not None:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    out.timed_out = True
+                    break
+        finally:
+            close = getattr(tokens, "close", None)
+            if close is not None:
+                close()
+        if out.call is None and out.answer is None and out.foreign_role is None:
+            for event in parser.process_eos():
+                yield from self._on_parse_event(step, event, out)
+        stats = getattr(self.engine, "last_stats", None)
+        out.usage = Usage(
+            prompt_tokens=getattr(stats, "prompt_tokens", len(prompt)),
+            reused_tokens=getattr(stats, "reused_tokens", 0),
+            prefilled_tokens=getattr(stats, "prefilled_tokens", len(prompt)),
+            generated_tokens=max(getattr(stats, "generated_tokens", 0), generated),
+        )
+
+    def _on_parse_event(self, step: int, event: Any, out: _Step) -> Iterator[AgentEvent]:
+        if isinstance(event, ContentDelta):
+            if event.recipient is None:
+                kind = _DELTAS.get(event.channel or "")
+                if kind is not None:
+                    yield kind(event.text, step)
+        elif isinstance(event, MessageDone):
+            message = event.message
+            if message.author.role is not Role.ASSISTANT:
+                out.foreign_role = message.author.role  # the model wrote someone else's turn
+                return
+            self._append(message)
+            if message.channel == "final" and event.end in ("end", "return"):
+                out.last_final = message
+        elif isinstance(event, ToolCall):
+            out.call = event
+        elif isinstance(event, AnswerDone):
+            out.answer = event.message
+        elif isinstance(event, ParseError):
+            out.errors.append(event)
+            if event.recoverable:
+                yield ParseProblem(step=step, kind=event.kind.value, detail=event.detail, fed_back=False)
+
+    def _feed_back(self, step: int, out: _Step) -> Iterator[AgentEvent]:
+        """The step produced nothing to act on: tell the model why, as a system message."""
+        problems = [e for e in out.errors if not e.recoverable] or out.errors
+        if out.foreign_role is not None:
+            detail = f"you wrote a message as {out.foreign_role.value}; only write assistant messages."
+            kind = "foreign_role"
+        elif problems:
+            detail = "; ".join(f"{e.kind.value}: {e.detail}" for e in problems)
+            kind = problems[0].kind.value
+        else:
+            detail = "it ended without a tool call (<|call|>) or a final answer (<|return|>)."
+            kind = "no_action"
+        text = f"Your last output was not valid harmony and was not acted on: {detail} {_HARMONY_HINT}"
+        self._append(Message.from_role_and_content(Role.SYSTEM, text))
+        yield ParseProblem(step=step, kind=kind, detail=text, fed_back=True)
+
+    def _call_tool(
+        self, step: int, recipient: str, message: Message, calls: list[ToolCallRecord]
+    ) -> Iterator[AgentEvent]:
+        body = message.text
+        yield ToolCallStarted(step=step, recipient=recipient, arguments=body, channel=message.channel)
+        output = self.toolbox.dispatch(recipient, body)
+        reply = Message(
+            author=Author(Role.TOOL, output.author),
+            content=[TextContent(output.content)],
+            channel=message.channel,
+            recipient="assistant",
+        )
+        self._append(reply)
+        record = ToolCallRecord(
+            step=step,
+            recipient=recipient,
+            arguments=body,
+            channel=message.channel,
+            output=output.content,
+            author=output.author,
+            is_error=output.is_error,
+            duration=output.duration,
+            metadata=dict(output.metadata),
+        )
+        calls.append(record)
+        yield ToolCallFinished(record)
+
+    # -- the session ----------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Start a new conversation (tools keep their state; the transcript keeps its lines)."""
+        self.messages = []
+
+    def close(self) -> None:
+        """Close the tools (sandbox sessions, HTTP clients) and the transcript."""
+        self.toolbox.close()
+        if self.transcript is not None:
+            self.transcript.close()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Agent({type(self.engine).__name__}, tools={self.toolbox.names}, messages={len(self.messages)})"
+        )
+
+
+_DELTAS: dict[str, Callable[[str, int], AgentEvent]] = {
+    "analysis": ReasoningDelta,
+    "commentary": CommentaryDelta,
+    "final": AnswerDelta,
+}
