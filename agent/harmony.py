@@ -41,7 +41,6 @@ from gptoss_agent.agent.messages import (
     TextContent,
 )
 from gptoss_agent.agent.schema_ts import response_formats_section, tools_section
-from gptoss_agent.model.tokenizer import load_tokenizer
 
 __all__ = [
     "BUILTIN_NAMESPACES",
@@ -172,6 +171,9 @@ _codecs: dict[int, tuple[tiktoken.Encoding, _Codec]] = {}
 
 def _codec(enc: tiktoken.Encoding | None) -> _Codec:
     if enc is None:
+        # imported here: the model package imports torch, which a caller with an encoding never needs
+        from gptoss_agent.model.tokenizer import load_tokenizer
+
         enc = load_tokenizer()
     entry = _codecs.get(id(enc))
     if entry is None or entry[0] is not enc:
