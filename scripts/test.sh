@@ -12,7 +12,6 @@ bash scripts/setup_system.sh
 
 log "python environment"
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check --upgrade pip
 # The CPU build of torch first: an unpinned resolve would pick a multi-GB CUDA build.
 .venv/bin/pip install -q --disable-pip-version-check 'torch==2.13.0'
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
