@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+from agent_helpers import DATE, add, call, final
 from gptoss_agent.agent import (
     Agent,
     AnswerDelta,
@@ -23,29 +24,6 @@ from gptoss_agent.agent.harmony import render_conversation
 from gptoss_agent.agent.messages import Role, SystemContent
 from gptoss_agent.tools import Browser, tool
 from gptoss_agent.tools.search import get_backend
-
-DATE = "2026-01-02"
-
-
-@tool
-def add(a: int, b: int) -> int:
-    """Add two integers.
-
-    Args:
-        a: First number.
-        b: Second number.
-    """
-    return a + b
-
-
-def call(recipient: str, body: str, channel: str = "commentary", think: str | None = None) -> str:
-    head = f"<|channel|>analysis<|message|>{think}<|end|><|start|>assistant" if think else ""
-    return f"{head} to={recipient}<|channel|>{channel} <|constrain|>json<|message|>{body}<|call|>"
-
-
-def final(text: str, think: str | None = None) -> str:
-    head = f"<|channel|>analysis<|message|>{think}<|end|><|start|>assistant" if think else ""
-    return f"{head}<|channel|>final<|message|>{text}<|return|>"
 
 
 def make(enc, script, tools=(), **kw) -> tuple[Agent, ScriptedEngine]:
@@ -322,3 +300,30 @@ def test_result_json_roundtrip(enc):
     assert data["answer"] == "3" and data["stop_reason"] == "answer" and data["steps"] == 2
     assert data["tool_calls"][0]["output"] == "3"
     assert data["messages"][0] == {"role": "user", "name": None, "content": [{"type": "text", "text": "x"}]}
+
+
+@pytest.mark.bwrap
+def test_python_twice_keeps_state(enc):
+    from gptoss_agent.sandbox import open_sandbox
+    from gptoss_agent.sandbox.bubblewrap import bubblewrap_available
+    from gptoss_agent.tools import Python
+
+    if not bubblewrap_available():
+        pytest.skip("bubblewrap is missing or cannot create namespaces here (CI installs it)")
+    with open_sandbox("bubblewrap", timeout=30) as session:
+        agent, _ = make(
+            enc,
+            [
+                call("python", "x = 6 * 7\nprint('set')", "analysis", think="Compute."),
+                call("python", "x + 1", "analysis"),
+                final("43"),
+            ],
+            [Python(session)],
+        )
+        result = agent.run("what is 6*7+1?")
+    first, second = result.tool_calls
+    assert (first.output.strip(), second.output.strip()) == ("set", "43")
+    assert not first.is_error and not second.is_error
+    assert [m.author.name for m in tool_messages(result)] == ["python", "python"]
+    assert list(result.messages[0].content[0].tools or {}) == ["python"]
+    assert result.answer == "43"
