@@ -14,6 +14,15 @@ VOCAB = 1024
 GREEDY = Sampling(temperature=0.0)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, especially on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     cfg = replace(PRESETS["tiny"].with_layers(3), vocab_size=VOCAB)
