@@ -9,7 +9,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-
 from gptoss_agent.model import CheckpointError, LocalEngine, load_engine
 from gptoss_agent.model.checkpoint import SafetensorsFile, open_checkpoint
 from gptoss_agent.model.config import PRESETS, ModelConfig
@@ -94,7 +93,7 @@ def test_sharded_checkpoint_has_an_index(dirs):
 def test_missing_directory_and_files(tmp_path, dirs):
     with pytest.raises(CheckpointError, match="does not exist"):
         open_checkpoint(tmp_path / "nope")
-    with pytest.raises(CheckpointError, match="no config.json"):
+    with pytest.raises(CheckpointError, match=r"no config\.json"):
         open_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match="is a file"):
         open_checkpoint(dirs["original"] / "model.safetensors")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-
 from gptoss_agent.model import kernels
 from gptoss_agent.model.mxfp4 import FP4_VALUES, MXFP4Experts, dequantize
 

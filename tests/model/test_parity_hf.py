@@ -10,7 +10,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-
 from gptoss_agent.model import LocalEngine, Sampling
 from gptoss_agent.model.config import PRESETS
 from gptoss_agent.model.random_checkpoint import write_random_checkpoint
