@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from .base import ToolError
+from .fetch import shared_ssl_context
 
 __all__ = [
     "BACKENDS",
@@ -133,7 +134,9 @@ class HttpSearchBackend:
 
     def search(self, query: str, n: int = 10) -> list[SearchResult]:
         """Search synchronously; at most ``n`` results."""
-        with httpx.Client(timeout=self.timeout, transport=self._transport, trust_env=False) as client:
+        with httpx.Client(
+            timeout=self.timeout, transport=self._transport, trust_env=False, verify=shared_ssl_context()
+        ) as client:
             request = self.build_request(client, query, n)
             try:
                 response = client.send(request)
@@ -144,7 +147,10 @@ class HttpSearchBackend:
     async def asearch(self, query: str, n: int = 10) -> list[SearchResult]:
         """Search asynchronously; at most ``n`` results."""
         async with httpx.AsyncClient(
-            timeout=self.timeout, transport=self._async_transport, trust_env=False
+            timeout=self.timeout,
+            transport=self._async_transport,
+            trust_env=False,
+            verify=shared_ssl_context(),
         ) as client:
             request = self.build_request(client, query, n)
             try:

@@ -135,7 +135,11 @@ class Internet(httpx.AsyncBaseTransport):
 
     def __init__(self, site_port: int) -> None:
         self.site_port = site_port
-        self.inner = httpx.AsyncHTTPTransport()
+        from gptoss_agent.tools.fetch import shared_ssl_context
+
+        # No keep-alive: each browser call runs its own event loop, and pooled connections die with it.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        self.inner = httpx.AsyncHTTPTransport(verify=shared_ssl_context(), limits=limits)
         self.seen: list[str] = []
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -145,7 +149,7 @@ class Internet(httpx.AsyncBaseTransport):
         return await self.inner.handle_async_request(request)
 
     async def aclose(self) -> None:
-        await self.inner.aclose()
+        pass  # shared by every fetch of a test; the clients that use it must not close it
 
 
 # -- the sites -------------------------------------------------------------------------------------
