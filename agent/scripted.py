@@ -106,3 +106,44 @@ class ScriptedEngine:
             yield token
             if token in stop:
                 break
+
+
+class ForcedEngine:
+    """A real engine made to emit a script (teacher forcing), for measuring its KV cache in a loop.
+
+    Each ``generate`` lets the wrapped engine (a ``LocalEngine``: anything with ``generate`` and
+    ``decode_one``) process the prompt as it always does, reusing its cache, then feeds the
+    scripted tokens through ``decode_one`` instead of sampling, so the cache holds exactly what a
+    model that chose those tokens would hold. ``last_stats`` are the wrapped engine's.
+    """
+
+    def __init__(self, engine: Any, responses: Sequence[Response], *, enc: Any = None) -> None:
+        self.engine = engine
+        self.script = ScriptedEngine(responses, enc=enc)
+        self.last_stats = GenerationStats()
+
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        stop: Collection[int] = (),
+        sampling: Sampling | None = None,
+        max_tokens: int | None = None,
+    ) -> Iterator[int]:
+        tokens = list(self.script.generate(prompt_ids, stop=stop, max_tokens=max_tokens))
+        for _ in self.engine.generate(prompt_ids, stop=(), sampling=Sampling(temperature=0.0), max_tokens=1):
+            pass  # prefill (with reuse) and one sampled token, which is never run through the model
+        return self._stream(tokens, frozenset(stop))
+
+    def _stream(self, tokens: list[int], stop: frozenset[int]) -> Iterator[int]:
+        stats = self.last_stats = self.engine.last_stats
+        stats.generated_tokens = 0
+        for token in tokens:
+            stats.generated_tokens += 1
+            yield token
+            if token in stop or stats.generated_tokens == len(tokens):
+                break
+            self.engine.decode_one(token)
+
+
+__all__ += ["ForcedEngine"]

@@ -6,6 +6,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -77,3 +78,19 @@ def web() -> Iterator[_Web]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A random gpt-oss checkpoint of the ``tiny`` preset in Hugging Face format (MXFP4 experts)."""
+    from gptoss_agent.model.config import PRESETS
+    from gptoss_agent.model.random_checkpoint import write_random_checkpoint
+
+    return write_random_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", PRESETS["tiny"], format="hf")
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_checkpoint):
+    from gptoss_agent.model.local import LocalEngine
+
+    return LocalEngine.from_checkpoint(tiny_checkpoint, device="cpu", dtype="fp32")

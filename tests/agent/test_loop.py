@@ -327,3 +327,35 @@ def test_python_twice_keeps_state(enc):
     assert [m.author.name for m in tool_messages(result)] == ["python", "python"]
     assert list(result.messages[0].content[0].tools or {}) == ["python"]
     assert result.answer == "43"
+
+
+def test_each_step_prefills_only_new_tokens_on_the_real_engine(enc, tiny_engine):
+    """The real LocalEngine's cache across the loop's steps and turns (tokens forced from a script)."""
+    from gptoss_agent.agent.scripted import ForcedEngine
+
+    tiny_engine.reset()
+    script = [
+        call("functions.add", '{"a": 1, "b": 2}', think="Add them."),
+        call("functions.add", '{"a": 3, "b": 3}'),
+        final("6", think="Done."),
+        final("again 6"),
+    ]
+    engine = ForcedEngine(tiny_engine, script, enc=enc)
+    agent = Agent(engine, [add], enc=enc, date=DATE)
+    stats = []
+    for task in ("add twice", "once more"):
+        for event in agent.stream(task):
+            if isinstance(event, StepDone):
+                stats.append(event.usage)
+    prompts = engine.script.prompts
+    generated = [engine.script.encode(s) for s in script]
+    assert stats[0].reused_tokens == 0 and stats[0].prefilled_tokens == len(prompts[0])
+    for k in (1, 2):  # within the turn: everything before is reused; only the tool reply + header is new
+        previous = len(prompts[k - 1]) + len(generated[k - 1]) - 1  # the stop token never ran
+        assert stats[k].reused_tokens == previous
+        assert stats[k].prefilled_tokens == len(prompts[k]) - previous
+        assert stats[k].prefilled_tokens < 40
+    # a new turn: the finished turn's reasoning is dropped, so reuse ends where it was
+    dropped_at = next(i for i, (a, b) in enumerate(zip(prompts[2], prompts[3], strict=False)) if a != b)
+    assert stats[3].reused_tokens == dropped_at
+    assert stats[3].prefilled_tokens == len(prompts[3]) - dropped_at
