@@ -1020,7 +1020,7 @@ class StreamParser:
                         pos,
                     )
                 )
-            elif self._next_role is not None and not self._header_tokens:
+            elif not self._header_tokens:
                 events.append(
                     self._error(ParseErrorKind.STRAY_SPECIAL, "a repeated <|start|> was dropped", True, pos)
                 )

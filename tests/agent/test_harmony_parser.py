@@ -269,6 +269,18 @@ def test_stray_specials_are_dropped(enc):
     assert parser.messages[0].text == "abc"
 
 
+def test_repeated_start_is_reported(enc, oracle):
+    tokens = toks(
+        enc,
+        "<|channel|>analysis<|message|>x<|end|><|start|><|start|>assistant<|channel|>final<|message|>y<|return|>",
+    )
+    with pytest.raises(Exception):  # noqa: B017 - openai-harmony: unknown role '<|start|>assistant'
+        oracle_dicts(oracle, tokens)
+    parser, _ = run(enc, tokens)
+    assert kinds(parser) == [ParseErrorKind.STRAY_SPECIAL]
+    assert [(m.channel, m.text) for m in parser.messages] == [("analysis", "x"), ("final", "y")]
+
+
 def test_missing_start_between_messages(enc):
     tokens = toks(
         enc, "<|channel|>analysis<|message|>x<|end|>assistant<|channel|>final<|message|>y<|return|>"
