@@ -204,7 +204,6 @@ async def _fetch(url: str, config: FetchConfig) -> Document:
         "User-Agent": config.user_agent,
         "Accept": "text/html,application/xhtml+xml,text/plain,application/json;q=0.9,*/*;q=0.5",
     }
-    pin = not config.allow_private_urls or config.resolver is not None
     async with httpx.AsyncClient(
         timeout=timeout,
         follow_redirects=False,
@@ -214,24 +213,7 @@ async def _fetch(url: str, config: FetchConfig) -> Document:
     ) as client:
         current = url.split("#", 1)[0]
         for _hop in range(config.max_redirects + 1):
-            _host_and_port(current)
-            if pin:
-                resolver = config.resolver
-                addresses = await asyncio.to_thread(
-                    check_url, current, allow_private=config.allow_private_urls, resolver=resolver
-                )
-                target, hop_headers, extensions = _pinned_request(current, addresses[0], headers)
-            else:
-                target, hop_headers, extensions = current, headers, {}
-            request = client.build_request("GET", target, headers=hop_headers, extensions=extensions)
-            try:
-                response = await client.send(request, stream=True)
-            except httpx.TimeoutException:
-                raise FetchError(f"Timed out while fetching `{current}`.") from None
-            except httpx.HTTPError as e:
-                raise FetchError(
-                    f"Could not fetch `{current}`: {type(e).__name__}: {e or 'connection failed'}."
-                ) from None
+            response = await _send(client, current, config, headers)
             try:
                 if response.is_redirect:
                     location = response.headers.get("location", "")
@@ -246,14 +228,45 @@ async def _fetch(url: str, config: FetchConfig) -> Document:
                     raise FetchError(
                         f"HTTP {response.status_code} {reason} for `{current}`.".replace("  ", " ")
                     )
-                body, truncated = await _read_capped(response, config.max_bytes)
+                body, truncated = await _read_capped(response, current, config.max_bytes)
             finally:
                 await response.aclose()
             return _decode(current, response, body, truncated)
     raise FetchError(f"Too many redirects (more than {config.max_redirects}) starting from `{url}`.")
 
 
-async def _read_capped(response: httpx.Response, max_bytes: int) -> tuple[bytes, bool]:
+async def _send(
+    client: httpx.AsyncClient, url: str, config: FetchConfig, headers: dict[str, str]
+) -> httpx.Response:
+    """Send one GET for ``url``: to each checked address of its host in turn (IPv4 first) when
+    guarding or resolving through the seam, else straight to the URL."""
+    _host_and_port(url)
+    if config.allow_private_urls and config.resolver is None:
+        targets = [(url, headers, {})]
+    else:
+        addresses = await asyncio.to_thread(
+            check_url, url, allow_private=config.allow_private_urls, resolver=config.resolver
+        )
+        addresses.sort(key=lambda address: ":" in address)
+        targets = [_pinned_request(url, address, headers) for address in addresses]
+    for i, (target, hop_headers, extensions) in enumerate(targets):
+        request = client.build_request("GET", target, headers=hop_headers, extensions=extensions)
+        try:
+            return await client.send(request, stream=True)
+        except httpx.ConnectError as e:
+            if i + 1 < len(targets):
+                continue  # the next address of the same host
+            raise FetchError(f"Could not connect to `{url}`: {e or 'connection refused'}.") from None
+        except httpx.TimeoutException:
+            raise FetchError(f"Timed out while fetching `{url}`.") from None
+        except httpx.HTTPError as e:
+            raise FetchError(
+                f"Could not fetch `{url}`: {type(e).__name__}: {e or 'connection failed'}."
+            ) from None
+    raise AssertionError("unreachable: check_url returns at least one address")
+
+
+async def _read_capped(response: httpx.Response, url: str, max_bytes: int) -> tuple[bytes, bool]:
     chunks: list[bytes] = []
     size = 0
     try:
@@ -263,7 +276,7 @@ async def _read_capped(response: httpx.Response, max_bytes: int) -> tuple[bytes,
             if size > max_bytes:
                 return b"".join(chunks)[:max_bytes], True
     except httpx.TimeoutException:
-        raise FetchError(f"Timed out while reading `{response.request.url}`.") from None
+        raise FetchError(f"Timed out while reading `{url}`.") from None
     except httpx.HTTPError as e:
         raise FetchError(f"Connection broke while reading the page: {type(e).__name__}: {e}.") from None
     return b"".join(chunks), False

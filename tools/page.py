@@ -22,6 +22,7 @@ _BR = "\ue000"  # line break
 _PARA = "\ue001"  # paragraph break (blank line)
 _CELL = "\ue002"  # table cell separator
 _PRE_SPACE = "\ue003"  # a space inside <pre> that must survive whitespace collapsing
+_PRE_BREAK = "\ue004"  # a line break inside <pre> (blank lines kept)
 
 _INVISIBLE = (
     "script, style, noscript, template, svg, math, iframe, object, embed, canvas, head, "
@@ -33,11 +34,9 @@ _PARAGRAPHS = (
 )
 _LINES = "div, tr, dt, dd, caption, summary, label, option, legend"
 _WHITESPACE = re.compile(r"[ \t\n\r\f\v]+")
-_WHITESPACE_RUN = re.compile(r"[\t\n\r\f\v][ \t\n\r\f\v]*| [ \t\n\r\f\v]+")  # all runs but a lone space
-_PARA_BREAK = re.compile(f"[ {_BR}]*{_PARA}[ {_BR}{_PARA}]*")
-_LINE_BREAK = re.compile(f" *{_BR}[ {_BR}]*")
-_CELL_END = re.compile(f" *{_CELL} *(?=\n|$)")
-_CELL_MID = re.compile(f" *{_CELL} *")
+_BR_RUN = re.compile(f"{_BR}{{2,}}")
+_PARA_RUN = re.compile(f"{_PARA}+")
+_CELL_END = re.compile(f"{_CELL}+\n")
 _SPECIAL = {"【": "〖", "】": "〗", "\u200b": "", "\ufeff": "", "\u00ad": ""}
 
 
@@ -91,7 +90,8 @@ def html_to_text(html: str, url: str = "") -> PageText:
         node.replace_with(f"[Image: {alt}]" if alt else "")
     for node in root.css("pre"):
         code = node.text(deep=True).replace("\r\n", "\n").strip("\n")
-        node.replace_with(_PARA + code.replace(" ", _PRE_SPACE).replace("\n", _BR) + _PARA)
+        code = code.replace("\t", "    ").replace(" ", _PRE_SPACE).replace("\n", _PRE_BREAK)
+        node.replace_with(_PARA + code + _PARA)
     for node in root.css("br"):
         node.replace_with(_BR)
     for node in root.css("h1, h2, h3, h4, h5, h6"):
@@ -144,9 +144,15 @@ def _replace_links(root: LexborNode, base: str, site: str) -> list[str]:
 
 
 def _layout(raw: str) -> str:
-    text = _WHITESPACE_RUN.sub(" ", raw)
-    text = _LINE_BREAK.sub("\n", _PARA_BREAK.sub("\n\n", text))
-    text = _CELL_END.sub("", text)
-    text = _CELL_MID.sub(" | ", text)
-    text = "\n".join(line.strip(" ") for line in text.split("\n")).replace(_PRE_SPACE, " ")
-    return re.sub(r"\n{3,}", "\n\n", text).strip("\n")
+    """Collapse whitespace, then turn the break and cell marks into newlines and `` | ``.
+
+    Plain string operations and patterns that start with a mark keep this linear and fast.
+    """
+    text = " ".join(raw.split())  # every whitespace run (NBSP too) becomes one space
+    for mark in (_BR, _PARA, _CELL):
+        text = text.replace(" " + mark, mark).replace(mark + " ", mark)
+    text = _BR_RUN.sub(_BR, text)
+    text = text.replace(_BR + _PARA, _PARA).replace(_PARA + _BR, _PARA)
+    text = _PARA_RUN.sub("\n\n", text).replace(_BR, "\n")
+    text = _CELL_END.sub("\n", text + "\n").strip("\n" + _CELL)
+    return text.replace(_CELL, " | ").replace(_PRE_SPACE, " ").replace(_PRE_BREAK, "\n")

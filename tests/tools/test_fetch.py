@@ -30,6 +30,21 @@ def test_connection_goes_to_the_checked_address():
     assert internet.seen == [f"http://{PUBLIC['wiki.test']}/wiki/Tidal_power"]
 
 
+def test_each_address_is_tried_in_turn_ipv4_first(web):
+    internet = Internet(web.site.port)
+    doc = get(web, "http://flaky.test/", transport=internet)
+    assert "Harbor Times" in doc.text and doc.url == "http://flaky.test/"
+    assert internet.seen == ["http://93.184.216.36/", "http://93.184.216.34/"]
+    with pytest.raises(FetchError, match=r"Could not connect to `http://down\.test/`: \[Errno 111\]"):
+        get(web, "http://down.test/", transport=internet)
+    assert internet.seen[2:] == ["http://93.184.216.36/", "http://[2606:2800:220:1::1]/"]
+
+
+def test_system_resolver_names_are_checked():
+    with pytest.raises(BlockedURL, match="loopback"):
+        check_url("http://localhost/")
+
+
 def test_redirects_are_followed_by_hand(web):
     assert get(web, "http://news.test/old-energy").url == "http://news.test/articles/tide-energy"
     assert get(web, "http://news.test/hop1").url == "http://news.test/"

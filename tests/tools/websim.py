@@ -24,6 +24,8 @@ import httpx
 import pytest
 
 PUBLIC = {"news.test": "93.184.216.34", "wiki.test": "93.184.216.35"}
+DEAD = "93.184.216.36"
+"""A fake public address where nothing listens (``flaky.test`` resolves to it first)."""
 """Fake public addresses of the test sites (resolved by ``resolver``, routed by ``Internet``)."""
 INTERNAL = {"intranet.test": "10.0.0.5", "metadata.test": "169.254.169.254", "evil.test": "127.0.0.1"}
 API_KEYS = {"brave": "brave-test-key", "exa": "exa-test-key", "tavily": "tvly-test-key"}
@@ -35,6 +37,10 @@ def resolver(host: str, port: int) -> list[str]:
 
     if host in PUBLIC:
         return [PUBLIC[host]]
+    if host == "flaky.test":
+        return ["2606:2800:220:1::1", DEAD, PUBLIC["news.test"]]
+    if host == "down.test":
+        return ["2606:2800:220:1::1", DEAD]
     if host in INTERNAL:
         return [INTERNAL[host]]
     return system_resolver(host, port)
@@ -146,6 +152,8 @@ class Internet(httpx.AsyncBaseTransport):
         self.seen.append(str(request.url))
         if request.url.host in PUBLIC.values() and request.url.port in (None, 80):
             request.url = request.url.copy_with(host="127.0.0.1", port=self.site_port)
+        elif request.url.host in (DEAD, "2606:2800:220:1::1"):
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
         return await self.inner.handle_async_request(request)
 
     async def aclose(self) -> None:
