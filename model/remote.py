@@ -16,6 +16,7 @@ what to do.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
 import threading
@@ -121,8 +122,9 @@ class RemoteEngine:
     >>> list(engine.generate(ids, stop={200002, 200012}, max_tokens=64))  # doctest: +SKIP
 
     ``generate`` is synchronous; ``agenerate`` is its asyncio twin over a shared pooled client, for
-    many agents on one server. Both fill ``last_stats`` (or the ``stats`` object passed in, which
-    concurrent callers should use to keep their numbers apart).
+    many agents on one server. Both fill ``last_stats``, which is kept per thread and per asyncio
+    task (so agents sharing one engine each see their own call's numbers), or the ``stats`` object
+    passed in.
     """
 
     def __init__(self, url: str, config: RemoteConfig | None = None, **overrides: Any) -> None:
@@ -135,7 +137,9 @@ class RemoteEngine:
             cfg = RemoteConfig(**{**cfg.__dict__, **overrides})
         self.config = cfg
         self.base_url = _base_url(url)
-        self.last_stats = GenerationStats()
+        self._stats: contextvars.ContextVar[GenerationStats | None] = contextvars.ContextVar(
+            "remote_engine_stats", default=None
+        )
         key = cfg.api_key if cfg.api_key is not None else os.environ.get(API_KEY_ENV)
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._timeout = httpx.Timeout(cfg.read_timeout, connect=cfg.connect_timeout)
@@ -146,6 +150,19 @@ class RemoteEngine:
         self._aclients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
         self._served: ServedModel | None = None
         self._lock = threading.Lock()
+
+    @property
+    def last_stats(self) -> GenerationStats:
+        """Numbers of the latest call made in this thread or asyncio task."""
+        stats = self._stats.get()
+        if stats is None:
+            stats = GenerationStats()
+            self._stats.set(stats)
+        return stats
+
+    @last_stats.setter
+    def last_stats(self, stats: GenerationStats) -> None:
+        self._stats.set(stats)
 
     def __repr__(self) -> str:
         return f"RemoteEngine({self.base_url!r}, model={self.config.model!r})"

@@ -233,3 +233,36 @@ def test_agenerate_retries_and_reports_like_generate():
         pytest.raises(StreamInterrupted),
     ):
         asyncio.run(main())
+
+
+def test_last_stats_are_kept_per_thread_and_per_task():
+    import threading
+
+    replies = [Reply(tokens=[1] * n) for n in (2, 3, 4, 5, 6)]
+    with ScriptedServer(replies) as server:
+        eng = engine(server.url)
+        seen: dict[int, int] = {}
+
+        def work(n: int) -> None:
+            list(eng.generate([1] * n, max_tokens=10))
+            seen[n] = eng.last_stats.prompt_tokens
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in (7, 8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert seen == {7: 7, 8: 8}
+
+        async def task(n: int) -> int:
+            [t async for t in eng.agenerate([1] * n, max_tokens=10)]
+            await asyncio.sleep(0.01)
+            return eng.last_stats.prompt_tokens
+
+        async def main() -> list[int]:
+            try:
+                return await asyncio.gather(task(3), task(4))
+            finally:
+                await eng.aclose()
+
+        assert asyncio.run(main()) == [3, 4]
