@@ -19,7 +19,7 @@ import socket
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
@@ -173,7 +173,9 @@ def _blocked_message(url: str, address: str) -> str:
     )
 
 
-def _pinned_request(url: str, address: str, headers: dict[str, str]) -> tuple[str, dict[str, str], dict]:
+def _pinned_request(
+    url: str, address: str, headers: dict[str, str]
+) -> tuple[str, dict[str, str], dict[str, Any]]:
     """Rewrite ``url`` to connect to ``address`` while keeping the name for Host and TLS SNI."""
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -242,7 +244,7 @@ async def _send(
     guarding or resolving through the seam, else straight to the URL."""
     _host_and_port(url)
     if config.allow_private_urls and config.resolver is None:
-        targets = [(url, headers, {})]
+        targets: list[tuple[str, dict[str, str], dict[str, Any]]] = [(url, headers, {})]
     else:
         addresses = await asyncio.to_thread(
             check_url, url, allow_private=config.allow_private_urls, resolver=config.resolver
@@ -371,8 +373,12 @@ def decode_text(body: bytes, charset: str | None, *, html: bool = False) -> tupl
     for name in candidates:
         try:
             return body.decode(name), name.lower()
-        except (LookupError, UnicodeDecodeError):
+        except LookupError:
             continue
+        except UnicodeDecodeError as e:
+            if e.start >= len(body) - 3:  # only the last character is incomplete: cut by the size cap
+                with contextlib.suppress(UnicodeDecodeError):
+                    return body[: e.start].decode(name), name.lower()
     from charset_normalizer import from_bytes
 
     best = from_bytes(body[:200_000]).best()

@@ -74,6 +74,13 @@ def test_size_cap_truncates(web):
     assert not get(web, "http://news.test/notes.txt").truncated
 
 
+def test_a_character_cut_by_the_size_cap_keeps_the_charset(web):
+    huge = web.site.handler.huge.encode()
+    cut = huge.index("Zürich".encode()) + 2  # inside the two bytes of "ü"
+    doc = get(web, "http://news.test/huge", max_bytes=cut)
+    assert doc.truncated and doc.charset == "utf-8" and doc.text.endswith("Z") and "\ufffd" not in doc.text
+
+
 def test_content_types_and_charsets(web):
     data = get(web, "http://news.test/data.json")
     assert data.kind == "json" and '"capacity_mw": 240' in data.text and data.text.startswith("{\n  ")
