@@ -39,6 +39,7 @@ __all__ = [
     "SearchBackend",
     "SearchError",
     "SearchResult",
+    "StaticSearch",
     "TavilySearch",
     "get_backend",
 ]
@@ -374,6 +375,22 @@ class TavilySearch(HttpSearchBackend):
             )
             for r in response.json().get("results", [])
         ]
+
+
+class StaticSearch:
+    """A scripted backend for tests and offline demos: fixed results, per query or for all."""
+
+    name = "static"
+
+    def __init__(self, results: list[SearchResult] | dict[str, list[SearchResult]]) -> None:
+        self.results = results
+        self.queries: list[str] = []
+
+    def search(self, query: str, n: int = 10) -> list[SearchResult]:
+        """The scripted results for ``query`` (at most ``n``)."""
+        self.queries.append(query)
+        results = self.results.get(query, []) if isinstance(self.results, dict) else self.results
+        return list(results)[: max(n, 0)]
 
 
 BACKENDS: dict[str, type[HttpSearchBackend]] = {

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from gptoss_agent.tools import Browser, Tool
 from gptoss_agent.tools.browser import wrap_lines
+from gptoss_agent.tools.search import SearchResult, StaticSearch
 from websim import web_fixture  # noqa: F401  (the `web` fixture)
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -162,6 +163,17 @@ def test_mistakes_come_back_to_the_model(web, enc, calls, message):
     assert output.is_error and output.content.startswith(message), output.content
     assert output.author == f"browser.{calls[-1][0]}"
     assert len(browser.pages) == depth  # a failed call pushes nothing
+
+
+def test_a_plain_sync_backend_drives_the_browser(web, enc):
+    results = [SearchResult("Tide table", "http://news.test/", "High water at 06:12")]
+    backend = StaticSearch({"tides": results})
+    browser = Browser(search=backend, fetch_config=web.fetch_config(), encoding=enc)
+    page = browser.call("search", '{"query": "tides"}').content
+    assert page.endswith("L2:   * 【0†Tide table†news.test】 High water at 06:12") and backend.queries == [
+        "tides"
+    ]
+    assert "Harbor Times" in browser.call("open", '{"id": 0}').content
 
 
 def test_missing_key_is_a_message_not_a_crash(monkeypatch, enc):
