@@ -131,6 +131,8 @@ class _Codec:
         self._cache: dict[str, list[int]] = {}
         self._cached_tokens = 0
         self._table: list[bytes | None] | None = None
+        self.texts: dict[int, str] = {}
+        """Decoded text of ordinary tokens whose bytes are whole UTF-8 characters (filled as met)."""
         self.role_tokens = {role: self._encode(role.value) for role in Role}
         self.space = self._encode(" ")
 
@@ -377,9 +379,9 @@ class MessageStarted:
     content_type: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per token, and frozen dataclasses build slowly
 class ContentDelta:
-    """New text of the current message (multi-byte characters are never split)."""
+    """New text of the current message (multi-byte characters are never split). Read-only by convention."""
 
     text: str
     channel: str | None
@@ -710,7 +712,9 @@ class StreamParser:
         channels: Iterable[str] = DEFAULT_CHANNELS,
         builtin_namespaces: Sequence[str] = BUILTIN_NAMESPACES,
     ) -> None:
-        self._table = _codec(enc).table
+        codec = _codec(enc)
+        self._table = codec.table
+        self._texts = codec.texts
         self._channels = frozenset(channels)
         self._builtins = tuple(builtin_namespaces)
         self.messages: list[Message] = []
@@ -770,16 +774,9 @@ class StreamParser:
             except TypeError:
                 return [self._error(ParseErrorKind.INVALID_TOKEN, f"{token!r} is not a token id", True, pos)]
         if self._state == _CONTENT:
-            if 0 <= token < FIRST_SPECIAL and self._held is None:
-                data = self._table[token]
-                if data is not None:
-                    if self._pending:
-                        data = self._pending + data
-                        self._pending = b""
-                    try:
-                        text = data.decode()
-                    except UnicodeDecodeError as exc:
-                        return self._undecodable(data, exc)
+            if not self._pending and self._held is None:
+                text = self._texts.get(token)  # ordinary tokens whose bytes are whole characters
+                if text is not None:
                     self._parts.append(text)
                     self.last_content_delta = text
                     return [ContentDelta(text, self._channel, self._recipient)]
@@ -897,7 +894,7 @@ class StreamParser:
                     ParseErrorKind.INVALID_TOKEN, f"token {token!r} is not in the vocabulary", True, pos
                 )
             ]
-        if token < FIRST_SPECIAL:  # an ordinary token while a <|channel|> was held
+        if token < FIRST_SPECIAL:  # an ordinary token not yet in the text cache, or after pending bytes
             return self._content_text(token)
         if token == START:
             return self._split_message([], None, pos, "<|start|>")
@@ -917,6 +914,17 @@ class StreamParser:
         if self._pending:
             data = self._pending + data
             self._pending = b""
+        else:
+            text = self._texts.get(token)
+            if text is None:
+                try:
+                    text = data.decode()
+                except UnicodeDecodeError as exc:
+                    return self._undecodable(data, exc)
+                self._texts[token] = text
+            self._parts.append(text)
+            self.last_content_delta = text
+            return [ContentDelta(text, self._channel, self._recipient)]
         try:
             text = data.decode()
         except UnicodeDecodeError as exc:
