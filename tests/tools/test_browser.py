@@ -28,6 +28,29 @@ def test_spec_renders_exactly_as_openai_harmony_browser():
         assert json.dumps(ours.parameters) == json.dumps(theirs.parameters)  # key order matters when rendered
 
 
+def test_system_message_with_the_browser_is_token_identical_to_openai_harmony(enc):
+    harmony = pytest.importorskip("openai_harmony")
+    from gptoss_agent.agent import harmony as codec
+    from gptoss_agent.agent import messages as m
+
+    spec = Browser(search=StaticSearch([])).spec
+    namespace = m.ToolNamespaceConfig(
+        name=spec.name,
+        description=spec.description,
+        tools=[m.ToolDescription(f.name, f.description, f.parameters) for f in spec.functions],
+    )
+    system = m.SystemContent.new().with_conversation_start_date("2026-11-27").with_tools(namespace)
+    ours = codec.render_conversation([m.Message.from_role_and_content(m.Role.SYSTEM, system)], enc)
+    reference = harmony.load_harmony_encoding(harmony.HarmonyEncodingName.HARMONY_GPT_OSS)
+    their_system = harmony.SystemContent.new().with_conversation_start_date("2026-11-27").with_browser_tool()
+    theirs = reference.render_conversation(
+        harmony.Conversation.from_messages(
+            [harmony.Message.from_role_and_content(harmony.Role.SYSTEM, their_system)]
+        )
+    )
+    assert ours == theirs and "namespace browser {" in enc.decode(ours)
+
+
 def test_browser_is_a_tool():
     assert isinstance(Browser(search="duckduckgo"), Tool)
 
