@@ -174,6 +174,11 @@ class RemoteEngine:
         """The served model (name, context length), discovered on first use."""
         return self._connect()
 
+    @property
+    def context_length(self) -> int | None:
+        """The served model's context (vLLM's ``max_model_len``); None if the server does not say."""
+        return self._connect().max_model_len
+
     def _sync_client(self) -> httpx.Client:
         if self._client is None:
             self._client = httpx.Client(headers=self._headers, timeout=self._timeout, limits=self._limits)
@@ -505,30 +510,30 @@ class _Stream:
         error = ServerError(f"{self.call.base_url} returned HTTP {status}: {text}")
         raise _Retryable(error, retryable=status >= 500 or status == 429)
 
-    def feed_line(self, line: str) -> Iterator[int]:
-        """One line of the SSE stream."""
+    def feed_line(self, line: str) -> list[int]:
+        """One line of the SSE stream: the token ids it brings."""
         if not line.startswith("data:"):
-            return  # blank separators, comments (": ping"), event/id fields
+            return []  # blank separators, comments (": ping"), event/id fields
         data = line[5:].strip()
         if data == "[DONE]":
             self.finished = True
-            return
+            return []
         try:
             chunk = json.loads(data)
         except ValueError as exc:
             raise _Retryable(ServerError(f"the server sent a malformed event: {data[:200]!r}")) from exc
-        yield from self._feed_chunk(chunk)
+        return self._feed_chunk(chunk)
 
-    def feed_json(self, response: httpx.Response) -> Iterator[int]:
-        """A whole non-streamed completion."""
+    def feed_json(self, response: httpx.Response) -> list[int]:
+        """A whole non-streamed completion: its token ids."""
         try:
             chunk = response.json()
         except ValueError as exc:
             raise _Retryable(ServerError(f"the server sent malformed JSON: {response.text[:200]!r}")) from exc
-        yield from self._feed_chunk(chunk)
         self.finished = True
+        return self._feed_chunk(chunk)
 
-    def _feed_chunk(self, chunk: Any) -> Iterator[int]:
+    def _feed_chunk(self, chunk: Any) -> list[int]:
         if not isinstance(chunk, dict):
             raise _Retryable(ServerError(f"the server sent an unexpected event: {str(chunk)[:200]!r}"))
         if "error" in chunk or chunk.get("object") == "error":
@@ -541,6 +546,7 @@ class _Stream:
         choices = chunk.get("choices")
         if not isinstance(choices, list):
             raise _Retryable(ServerError(f"the reply has no choices: {str(chunk)[:200]!r}"))
+        fresh: list[int] = []
         for choice in choices:
             ids = choice.get("token_ids")
             if ids is None and choice.get("text"):
@@ -554,12 +560,14 @@ class _Stream:
             for token in ids or ():
                 if self.finished_by_limit():
                     break
-                yield from self._emit(int(token))
+                fresh.append(self._emit(int(token)))
             if choice.get("finish_reason") is not None:
                 self.finish_reason = choice["finish_reason"]
                 self.stop_reason = choice.get("stop_reason")
+        return fresh
 
-    def _emit(self, token: int) -> Iterator[int]:
+    def _emit(self, token: int) -> int:
+        """Count ``token`` as delivered (it is yielded right after) and update the stats."""
         now = time.perf_counter()
         stats = self.call.stats
         if self.first_token_at is None:
@@ -568,15 +576,15 @@ class _Stream:
         self.yielded.append(token)
         stats.generated_tokens = len(self.yielded)
         stats.decode_seconds = now - self.first_token_at
-        yield token
+        return token
 
     def finished_by_limit(self) -> bool:
         last_is_stop = bool(self.yielded) and self.yielded[-1] in self.call.stop
         limit = self.call.max_tokens
         return last_is_stop or (limit is not None and len(self.yielded) >= limit)
 
-    def finish(self) -> Iterator[int]:
-        """After the last event: yield the stop token if the server left it out; check completeness."""
+    def finish(self) -> list[int]:
+        """After the last event: the stop token if the server left it out; checks completeness."""
         if not self.finished and self.finish_reason is None:
             raise _Retryable(
                 ServerError("the stream ended without a finish reason (connection closed early)")
@@ -588,7 +596,8 @@ class _Stream:
             and stopped_on in self.call.stop
             and not self.finished_by_limit()
         ):
-            yield from self._emit(stopped_on)
+            return [self._emit(stopped_on)]
+        return []
 
     def _take_usage(self, usage: dict[str, Any]) -> None:
         stats = self.call.stats
