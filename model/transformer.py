@@ -209,15 +209,23 @@ class MLPBlock(nn.Module):
         logits = linear(t, self.gate_weight, self.gate_bias)  # (T, E)
         top = torch.topk(logits, k=self.top_k, dim=-1, sorted=True)
         expert_weights = torch.softmax(top.values.float(), dim=-1).to(x.dtype)  # (T, k)
+        if x.shape[0] == 1:  # decoding: run the k chosen experts directly
+            out = torch.zeros_like(x)
+            for e, w in zip(top.indices[0].tolist(), expert_weights[0], strict=True):
+                out += self._expert(e, t) * w
+            return x + out
         out = torch.zeros_like(x)
         chosen = top.indices
         for e in chosen.unique().tolist():
             rows, slot = torch.where(chosen == e)
-            h = expert_linear(self.mlp1, e, t[rows], self.mlp1_bias[e])
-            h = swiglu(h, self.alpha, self.limit)
-            h = expert_linear(self.mlp2, e, h, self.mlp2_bias[e])
-            out.index_add_(0, rows, h * expert_weights[rows, slot, None])
+            out.index_add_(0, rows, self._expert(e, t[rows]) * expert_weights[rows, slot, None])
         return x + out
+
+    def _expert(self, e: int, t: torch.Tensor) -> torch.Tensor:
+        """Expert ``e`` on its tokens ``t (n, hidden)``: up-project, SwiGLU, down-project."""
+        h = expert_linear(self.mlp1, e, t, self.mlp1_bias[e])  # (n, 2*intermediate)
+        h = swiglu(h, self.alpha, self.limit)  # (n, intermediate)
+        return expert_linear(self.mlp2, e, h, self.mlp2_bias[e])  # (n, hidden)
 
 
 class Transformer(nn.Module):

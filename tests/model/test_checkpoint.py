@@ -66,8 +66,10 @@ def test_all_formats_give_identical_logits(dirs):
     logits = {
         k: LocalEngine.from_checkpoint(p, device="cpu", dtype="fp32").model(ids) for k, p in dirs.items()
     }
-    for name, got in logits.items():
-        assert torch.equal(got, logits["original"]), name
+    assert torch.equal(logits["hf-mxfp4"], logits["original"])  # same packed experts, same code path
+    assert torch.equal(logits["sharded"], logits["original"])
+    # unpacked bf16 experts run through a different matmul: equal up to summation order
+    torch.testing.assert_close(logits["hf-bf16"], logits["original"], atol=1e-5, rtol=0)
 
 
 def test_bf16_weights_stay_memory_mapped(dirs):

@@ -44,6 +44,17 @@ def test_is_an_engine(engine):
     assert "3 layers" in engine.summary() and "hf-mxfp4" in engine.summary()
 
 
+def test_bf16_weights_compute_like_fp32(ckpt, engine):
+    # the checkpoint's weights are bf16, so widening them is exact: only summation order differs
+    bf16 = LocalEngine.from_checkpoint(ckpt, device="cpu", dtype="bf16")
+    ids = prompt(40, seed=9)
+    torch.testing.assert_close(
+        bf16.model(torch.tensor(ids)), engine.model(torch.tensor(ids)), atol=1e-3, rtol=0
+    )
+    out = list(bf16.generate(ids, sampling=GREEDY, max_tokens=6))
+    assert out == list(engine.generate(ids, sampling=GREEDY, max_tokens=6))
+
+
 def test_cached_decode_equals_full_recompute(engine):
     ids = prompt(150)  # the cache crosses the 128-token window while decoding
     out = list(engine.generate(ids, sampling=GREEDY, max_tokens=12))
