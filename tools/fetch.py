@@ -76,6 +76,8 @@ class FetchConfig:
     """DNS seam; None asks the system (``getaddrinfo``)."""
     transport: httpx.AsyncBaseTransport | None = None
     """Network seam (httpx transport); None opens real connections."""
+    ssl_context: ssl.SSLContext | None = None
+    """TLS trust for https pages (a company CA, say); None trusts the usual public CAs."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,7 +213,7 @@ async def _fetch(url: str, config: FetchConfig) -> Document:
         follow_redirects=False,
         transport=config.transport,
         trust_env=False,
-        verify=shared_ssl_context(),
+        verify=config.ssl_context or shared_ssl_context(),
     ) as client:
         current = url.split("#", 1)[0]
         for _hop in range(config.max_redirects + 1):

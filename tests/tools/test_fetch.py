@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import subprocess
 
 import pytest
 from gptoss_agent.tools.fetch import BlockedURL, FetchConfig, FetchError, check_url, fetch, is_public_address
-from websim import PUBLIC, Internet, resolver, web_fixture  # noqa: F401  (the `web` fixture)
+from websim import PUBLIC, SECURE, Internet, Server, html, resolver, web_fixture  # noqa: F401  (the `web` fixture)
 
 
 def get(web, url: str, **overrides):
@@ -43,6 +46,48 @@ def test_each_address_is_tried_in_turn_ipv4_first(web):
 def test_system_resolver_names_are_checked():
     with pytest.raises(BlockedURL, match="loopback"):
         check_url("http://localhost/")
+
+
+@pytest.fixture(scope="module")
+def tls_site(tmp_path_factory):
+    """An HTTPS server on 127.0.0.1 whose certificate names only ``secure.test``."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed (it makes the test certificate)")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=secure.test",
+         "-addext", "subjectAltName=DNS:secure.test"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = Server(lambda request: html(body="<title>Secure</title><p>over TLS</p>"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.httpd.socket = context.wrap_socket(server.httpd.socket, server_side=True)
+    with server:
+        yield server, ssl.create_default_context(cafile=str(cert))
+
+
+def test_https_goes_to_the_checked_address_and_verifies_the_host_name(web, tls_site):
+    server, trust = tls_site
+    internet = Internet(web.site.port, tls_port=server.port, verify=trust)
+    doc = get(web, "https://secure.test/", transport=internet)
+    assert "over TLS" in doc.text and doc.url == "https://secure.test/"
+    assert internet.seen == [f"https://{SECURE}/"] and server.requests[-1].host == "secure.test"
+    # Same address, another name: the certificate is checked against the name, not the address.
+    with pytest.raises(FetchError, match="CERTIFICATE_VERIFY_FAILED"):
+        get(web, "https://impostor.test/", transport=internet)
+
+
+def test_ssl_context_sets_the_trusted_authorities(tls_site):
+    server, trust = tls_site
+    local = {"secure.test": ["127.0.0.1"]}
+    config = FetchConfig(allow_private_urls=True, resolver=lambda host, port: local[host], ssl_context=trust)
+    url = f"https://secure.test:{server.port}/"
+    assert "over TLS" in asyncio.run(fetch(url, config)).text
+    with pytest.raises(FetchError, match="CERTIFICATE_VERIFY_FAILED"):  # the public CAs do not know it
+        asyncio.run(fetch(url, FetchConfig(allow_private_urls=True, resolver=lambda host, port: local[host])))
 
 
 def test_redirects_are_followed_by_hand(web):

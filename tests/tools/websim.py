@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,8 @@ import pytest
 
 PUBLIC = {"news.test": "93.184.216.34", "wiki.test": "93.184.216.35"}
 DEAD = "93.184.216.36"
+SECURE = "93.184.216.37"
+"""The fake public address of the HTTPS test site (``secure.test``; ``impostor.test`` too)."""
 """A fake public address where nothing listens (``flaky.test`` resolves to it first)."""
 """Fake public addresses of the test sites (resolved by ``resolver``, routed by ``Internet``)."""
 INTERNAL = {"intranet.test": "10.0.0.5", "metadata.test": "169.254.169.254", "evil.test": "127.0.0.1"}
@@ -37,6 +40,8 @@ def resolver(host: str, port: int) -> list[str]:
 
     if host in PUBLIC:
         return [PUBLIC[host]]
+    if host in ("secure.test", "impostor.test"):
+        return [SECURE]
     if host == "flaky.test":
         return ["2606:2800:220:1::1", DEAD, PUBLIC["news.test"]]
     if host == "down.test":
@@ -139,19 +144,24 @@ class Server:
 class Internet(httpx.AsyncBaseTransport):
     """Routes requests for the fake public addresses (port 80) to the local site server."""
 
-    def __init__(self, site_port: int) -> None:
+    def __init__(
+        self, site_port: int, tls_port: int | None = None, verify: ssl.SSLContext | None = None
+    ) -> None:
         self.site_port = site_port
+        self.tls_port = tls_port
         from gptoss_agent.tools.fetch import shared_ssl_context
 
         # No keep-alive: each browser call runs its own event loop, and pooled connections die with it.
         limits = httpx.Limits(max_keepalive_connections=0)
-        self.inner = httpx.AsyncHTTPTransport(verify=shared_ssl_context(), limits=limits)
+        self.inner = httpx.AsyncHTTPTransport(verify=verify or shared_ssl_context(), limits=limits)
         self.seen: list[str] = []
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.seen.append(str(request.url))
         if request.url.host in PUBLIC.values() and request.url.port in (None, 80):
             request.url = request.url.copy_with(host="127.0.0.1", port=self.site_port)
+        elif request.url.host == SECURE and self.tls_port and request.url.port in (None, 443):
+            request.url = request.url.copy_with(host="127.0.0.1", port=self.tls_port)
         elif request.url.host in (DEAD, "2606:2800:220:1::1"):
             raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
         return await self.inner.handle_async_request(request)
