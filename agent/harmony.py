@@ -937,17 +937,31 @@ class StreamParser:
         held = self._held
         assert held is not None
         if token == MESSAGE:
-            data = b"".join(self._table[t] or b"" for t in held)
-            word = re.split(r"[\s<]", data.decode("utf-8", "replace"), maxsplit=1)[0]
-            if word in self._channels:
+            if self._held_channel(held) == "yes":
                 assert self._header is not None
                 events = self._split_message([CHANNEL, *held], self._header.author.role, pos, "<|channel|>")
                 return events + self._header_token(MESSAGE, pos)
-        elif token not in _STOP_END and token != START and len(held) < 8 and self._valid(token):
+        elif (
+            token not in _STOP_END
+            and token != START
+            and len(held) < 32
+            and self._valid(token)
+            and self._held_channel([*held, token]) != "no"
+        ):
             held.append(token)
             return []
         events = self._release_held(pos)
         return events + self._content_token(token, pos)
+
+    def _held_channel(self, held: list[int]) -> Literal["yes", "no", "maybe"]:
+        """Do the tokens after a <|channel|> inside content name a channel (a new message)?"""
+        text = b"".join(self._table[t] or b"" for t in held).decode("utf-8", "replace")
+        end = re.search(r"[\s<]", text)
+        if end is not None:
+            return "yes" if text[: end.start()] in self._channels else "no"
+        if any(name.startswith(text) for name in self._channels):
+            return "yes" if text in self._channels else "maybe"
+        return "no"
 
     def _release_held(self, pos: int) -> list[Event]:
         """The held <|channel|> began no message: drop it and read what followed as content."""

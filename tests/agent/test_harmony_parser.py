@@ -245,12 +245,27 @@ def test_new_message_without_end_token(enc):
     assert [e.end for e in events if isinstance(e, MessageDone)] == ["implicit", "return"]
 
 
-def test_channel_token_inside_text_is_dropped_when_no_message_follows(enc):
-    tokens = toks(enc, "<|channel|>final<|message|>a <|channel|>, b c<|return|>")
+def test_tool_call_without_end_and_start(enc):
+    tokens = toks(
+        enc,
+        "<|channel|>analysis<|message|>Need the weather."
+        '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city":"Paris"}<|call|>',
+    )
     parser, events = run(enc, tokens)
-    assert kinds(parser) == [ParseErrorKind.STRAY_SPECIAL]
-    assert [m.text for m in parser.messages] == ["a , b c"]
-    assert "".join(e.text for e in events if isinstance(e, ContentDelta)) == "a , b c"
+    assert kinds(parser) == [ParseErrorKind.MISSING_END]
+    assert parser.messages[0].text == "Need the weather."
+    call = events[-1]
+    assert isinstance(call, ToolCall) and call.recipient == "functions.get_weather"
+    assert (call.message.content_type, call.arguments) == ("<|constrain|>json", '{"city":"Paris"}')
+
+
+def test_channel_token_inside_text_is_dropped_when_no_message_follows(enc):
+    for tail in (", b c", "finally b c", "final b c", "fin"):
+        tokens = toks(enc, f"<|channel|>final<|message|>a <|channel|>{tail}<|return|>")
+        parser, events = run(enc, tokens)
+        assert kinds(parser) == [ParseErrorKind.STRAY_SPECIAL]
+        assert [m.text for m in parser.messages] == [f"a {tail}"]
+        assert "".join(e.text for e in events if isinstance(e, ContentDelta)) == f"a {tail}"
 
 
 def test_start_inside_a_message_starts_a_new_one(enc):
