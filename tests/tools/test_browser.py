@@ -275,6 +275,19 @@ def test_citations_resolve_to_urls(web, enc):
     assert first.quote == "\n".join(browser.pages[1].lines[8:10]) and first.quote
 
 
+def test_toolbox_routes_and_validates_browser_calls(web, enc):
+    from gptoss_agent.tools import Toolbox
+
+    toolbox = Toolbox([web.browser(enc=enc)])
+    assert (
+        toolbox.dispatch("browser.search", '{"query": "tidal energy", "top_n": 2}').content.count("  * 【")
+        == 2
+    )
+    assert toolbox.dispatch("browser.open", '{"id": "1"}').content.startswith("[1] Tidal power - WikiTest")
+    invalid = toolbox.dispatch("browser.find", "{}")
+    assert invalid.is_error and "'pattern' is a required property" in invalid.content
+
+
 def test_call_from_inside_an_event_loop(web, enc):
     browser = web.browser(enc=enc)
 
