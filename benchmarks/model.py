@@ -1,0 +1,288 @@
+"""Benchmark the local engine on a gpt-oss-20b-shaped MXFP4 checkpoint, on the CPU.
+
+    python benchmarks/model.py [--checkpoint DIR] [--contexts 128,2048,8192] [--threads N]
+
+Measures, in one run, on this machine:
+
+* the memory-bandwidth ceiling: a large tensor copy (bytes read + bytes written per second);
+* the full 20b shape (24 layers, 32 experts, vocabulary 201088, MXFP4 experts): load time, peak
+  RSS, prefill tokens/s, decode tokens/s at each context, and decode as a fraction of the
+  ceiling for the bytes one token must read (active weights plus the KV cache it attends over);
+* per layer, against Hugging Face transformers' ``GptOssForCausalLM`` (the strongest peer that runs
+  here; it unpacks MXFP4 to bf16 on the CPU) on a 2-layer cut of the same checkpoint (same seed,
+  so the same layer weights; vocabulary cut to 1024 so that the head does not dominate);
+* prefix reuse: a tool result appended after a long prefix prefills only its own tokens.
+
+Contexts past 128 are reached by filling the KV cache with random keys and values (decode cost
+depends on the cache's length, not its contents): prefilling 8k tokens through 24 layers on two
+CPU cores would take most of an hour. Missing checkpoints are generated first (``nice``d; the 20b
+one needs about 13 GB of disk). Writes ``benchmarks/results/model.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from gptoss_agent.model import kernels
+from gptoss_agent.model.checkpoint import open_checkpoint
+from gptoss_agent.model.config import PRESETS, ModelConfig
+from gptoss_agent.model.local import LocalEngine
+from gptoss_agent.model.random_checkpoint import write_random_checkpoint
+
+ROOT = Path(__file__).resolve().parent
+CACHE = Path(os.environ.get("GPTOSS_BENCH_CACHE", "/work/.cache-bench"))
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def bandwidth_ceiling(gib: float = 1.0, repeats: int = 5) -> float:
+    """GB/s of a large copy, counting bytes read and bytes written."""
+    n = int(gib * 2**30)
+    src = torch.empty(n, dtype=torch.uint8).fill_(1)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n / best / 1e9
+
+
+def bytes_per_token(cfg: ModelConfig, context: int) -> int:
+    """Bytes one decode step reads: active weights (bf16 dense, packed experts) plus the KV cache."""
+    h, d, i = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
+    qkv = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * d * h
+    out = h * cfg.num_attention_heads * d
+    router = cfg.num_experts * h
+    expert = (2 * i * h + h * i) * 17 // 32  # 4 bits per weight + one scale byte per 32
+    per_layer = 2 * (qkv + out + router) + cfg.experts_per_token * expert
+    kv = 0
+    for layer in range(cfg.num_hidden_layers):
+        seen = min(context, cfg.sliding_window) if cfg.is_sliding(layer) else context
+        kv += seen * cfg.num_key_value_heads * d * 2 * 4  # float32 keys and values
+    return cfg.num_hidden_layers * per_layer + 2 * cfg.vocab_size * h + kv
+
+
+def fill_cache(engine: LocalEngine, length: int) -> None:
+    """Bring the cache to ``length`` positions of random keys/values (synthetic context)."""
+    engine.reset()
+    cfg = engine.model.config
+    g = torch.Generator().manual_seed(0)
+    step = 1024
+    for start in range(0, length, step):
+        n = min(step, length - start)
+        for layer in engine.cache.layers:
+            k = torch.randn(n, cfg.num_key_value_heads, cfg.head_dim, generator=g)
+            layer.extend(k, k.clone())
+    engine.cached_tokens = [1] * length
+
+
+def decode_rate(engine: LocalEngine, steps: int) -> float:
+    engine.decode_one(5)  # warm
+    t = time.perf_counter()
+    for _ in range(steps):
+        engine.decode_one(5)
+    return steps / (time.perf_counter() - t)
+
+
+def ensure_checkpoint(path: Path, cfg: ModelConfig) -> Path:
+    if not (path / "config.json").exists():
+        print(f"generating {path} ...", file=sys.stderr)
+        os.nice(5)
+        write_random_checkpoint(path, cfg, format="hf")
+    return path
+
+
+def bench_full(path: Path, contexts: list[int], decode_steps: int, prefill_tokens: int) -> dict:
+    rss0 = peak_rss_gib()
+    t = time.perf_counter()
+    engine = LocalEngine.from_checkpoint(path, device="cpu", dtype="bf16")
+    load_s = time.perf_counter() - t
+    cfg = engine.model.config
+    ids = torch.randint(
+        0, cfg.vocab_size, (prefill_tokens,), generator=torch.Generator().manual_seed(1)
+    ).tolist()
+    t = time.perf_counter()
+    engine.prefill(ids)
+    prefill_tps = prefill_tokens / (time.perf_counter() - t)
+    decode = {}
+    for ctx in contexts:
+        if ctx > prefill_tokens:
+            fill_cache(engine, ctx)
+        tps = decode_rate(engine, decode_steps)
+        decode[ctx] = {"tokens_per_s": tps, "bytes_per_token": bytes_per_token(cfg, ctx)}
+        print(f"  decode at {ctx}: {tps:.2f} tok/s", file=sys.stderr)
+    return {
+        "checkpoint": str(path),
+        "format": engine.checkpoint.format if engine.checkpoint else None,
+        "layers": cfg.num_hidden_layers,
+        "experts": cfg.num_experts,
+        "vocab": cfg.vocab_size,
+        "load_s": load_s,
+        "peak_rss_gib": max(peak_rss_gib(), rss0),
+        "prefill_tokens": prefill_tokens,
+        "prefill_tokens_per_s": prefill_tps,
+        "decode": decode,
+    }
+
+
+def bench_layers_ours(path: Path, context: int, steps: int) -> float:
+    """Seconds per decode step per layer, our engine."""
+    engine = LocalEngine.from_checkpoint(path, device="cpu", dtype="bf16")
+    n = engine.model.config.num_hidden_layers
+    engine.prefill(list(range(context)))
+    return 1.0 / decode_rate(engine, steps) / n
+
+
+def bench_layers_transformers(path: Path, context: int, steps: int) -> float:
+    """Seconds per decode step per layer, transformers (MXFP4 unpacked to bf16 at load, as on any CPU)."""
+    from transformers import GptOssForCausalLM
+    from transformers.cache_utils import DynamicCache
+
+    model = GptOssForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    model.eval()
+    n = model.config.num_hidden_layers
+    with torch.no_grad():
+        cache = DynamicCache(config=model.config)
+        out = model(torch.arange(context)[None], past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        tok = torch.tensor([[5]])
+        model(tok, past_key_values=cache, use_cache=True)  # warm
+        t = time.perf_counter()
+        for _ in range(steps):
+            model(tok, past_key_values=cache, use_cache=True)
+        dt = (time.perf_counter() - t) / steps
+    del model
+    gc.collect()
+    return dt / n
+
+
+def bench_prefix_reuse(path: Path, prefix: int, tail: int) -> dict:
+    engine = LocalEngine.from_checkpoint(path, device="cpu", dtype="bf16")
+    g = torch.Generator().manual_seed(2)
+    first = torch.randint(0, engine.model.config.vocab_size, (prefix,), generator=g).tolist()
+    t = time.perf_counter()
+    out = list(engine.generate(first, max_tokens=1))
+    cold_s = time.perf_counter() - t
+    second = first + out + torch.randint(0, engine.model.config.vocab_size, (tail,), generator=g).tolist()
+    t = time.perf_counter()
+    list(engine.generate(second, max_tokens=1))
+    warm_s = time.perf_counter() - t
+    s = engine.last_stats
+    return {
+        "prefix_tokens": prefix,
+        "appended_tokens": tail,
+        "cold_prefill_s": cold_s,
+        "warm_prefill_s": warm_s,
+        "reused_tokens": s.reused_tokens,
+        "prefilled_tokens": s.prefilled_tokens,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", type=Path, default=CACHE / "gpt-oss-20b-hf")
+    p.add_argument("--contexts", default="128,2048,8192")
+    p.add_argument("--decode-steps", type=int, default=6)
+    p.add_argument("--prefill-tokens", type=int, default=128)
+    p.add_argument("--layer-context", type=int, default=128)
+    p.add_argument("--prefix", type=int, default=4096, help="prefix length of the prefix-reuse check")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--skip-full", action="store_true", help="skip the full 20b run")
+    p.add_argument("--skip-transformers", action="store_true")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "model.json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    kernels.threads = args.threads
+    contexts = [int(c) for c in args.contexts.split(",")]
+
+    results: dict = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "threads": args.threads,
+            "load_average": os.getloadavg(),
+            "torch": torch.__version__,
+            "kernels": kernels.available(),
+        }
+    }
+    ceiling = bandwidth_ceiling()
+    results["bandwidth_ceiling_gb_s"] = ceiling
+    print(f"bandwidth ceiling: {ceiling:.1f} GB/s", file=sys.stderr)
+
+    cut = ensure_checkpoint(
+        CACHE / "gpt-oss-20b-2layers-v1024", replace(PRESETS["20b"].with_layers(2), vocab_size=1024)
+    )
+    if not args.skip_full:
+        full = ensure_checkpoint(args.checkpoint, PRESETS["20b"])
+        assert open_checkpoint(full).config.num_hidden_layers == 24
+        r = bench_full(full, contexts, args.decode_steps, args.prefill_tokens)
+        for d in r["decode"].values():
+            d["fraction_of_ceiling"] = d["tokens_per_s"] * d["bytes_per_token"] / 1e9 / ceiling
+        results["full_20b"] = r
+        gc.collect()
+
+    ours = bench_layers_ours(cut, args.layer_context, args.decode_steps)
+    results["per_layer"] = {"context": args.layer_context, "ours_decode_s": ours}
+    if not args.skip_transformers:
+        theirs = bench_layers_transformers(cut, args.layer_context, args.decode_steps)
+        results["per_layer"] |= {"transformers_decode_s": theirs, "speedup": theirs / ours}
+    results["prefix_reuse"] = bench_prefix_reuse(cut, args.prefix, 64)
+    results["peak_rss_gib"] = peak_rss_gib()
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    return 0
+
+
+def print_table(r: dict) -> None:
+    rows = [("bandwidth ceiling (copy, r+w)", f"{r['bandwidth_ceiling_gb_s']:.1f} GB/s")]
+    if "full_20b" in r:
+        f = r["full_20b"]
+        rows += [
+            ("20b load time", f"{f['load_s']:.1f} s"),
+            ("20b peak RSS", f"{f['peak_rss_gib']:.2f} GiB"),
+            (f"20b prefill ({f['prefill_tokens']} tokens)", f"{f['prefill_tokens_per_s']:.2f} tok/s"),
+        ]
+        for ctx, d in f["decode"].items():
+            rows.append(
+                (
+                    f"20b decode at {ctx}",
+                    f"{d['tokens_per_s']:.2f} tok/s  ({d['bytes_per_token'] / 1e9:.2f} GB/token, "
+                    f"{100 * d['fraction_of_ceiling']:.0f}% of ceiling)",
+                )
+            )
+    pl = r["per_layer"]
+    rows.append(("decode per layer, ours", f"{1e3 * pl['ours_decode_s']:.1f} ms"))
+    if "transformers_decode_s" in pl:
+        rows.append(("decode per layer, transformers", f"{1e3 * pl['transformers_decode_s']:.1f} ms"))
+        rows.append(("speedup vs transformers", f"{pl['speedup']:.1f}x"))
+    pr = r["prefix_reuse"]
+    rows.append(
+        (
+            f"prefix reuse ({pr['prefix_tokens']} + {pr['appended_tokens']})",
+            f"prefilled {pr['prefilled_tokens']}, reused {pr['reused_tokens']}; "
+            f"{pr['cold_prefill_s']:.1f} s cold -> {pr['warm_prefill_s']:.2f} s",
+        )
+    )
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
