@@ -135,6 +135,65 @@ class RunResult:
         }
 
 
+_USAGE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        k: {"type": "integer", "minimum": 0}
+        for k in ("prompt_tokens", "reused_tokens", "prefilled_tokens", "generated_tokens")
+    },
+    "required": ["prompt_tokens", "reused_tokens", "prefilled_tokens", "generated_tokens"],
+}
+
+RESULT_JSON_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "gptoss-agent --json result (RunResult.to_dict())",
+    "type": "object",
+    "properties": {
+        "answer": {"type": "string"},
+        "stop_reason": {"enum": [r.value for r in StopReason]},
+        "steps": {"type": "integer", "minimum": 0},
+        "elapsed": {"type": "number", "minimum": 0},
+        "usage": _USAGE_SCHEMA,
+        "tool_calls": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "step": {"type": "integer"},
+                    "recipient": {"type": "string"},
+                    "arguments": {"type": "string"},
+                    "channel": {"type": ["string", "null"]},
+                    "output": {"type": "string"},
+                    "author": {"type": "string"},
+                    "is_error": {"type": "boolean"},
+                    "duration": {"type": "number"},
+                    "metadata": {"type": "object"},
+                },
+                "required": ["step", "recipient", "arguments", "output", "is_error", "duration"],
+            },
+        },
+        "messages": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "role": {"enum": ["user", "assistant", "system", "developer", "tool"]},
+                    "name": {"type": ["string", "null"]},
+                    "content": {"type": "array"},
+                    "channel": {"type": "string"},
+                    "recipient": {"type": "string"},
+                    "content_type": {"type": "string"},
+                },
+                "required": ["role", "content"],
+            },
+        },
+    },
+    "required": ["answer", "stop_reason", "steps", "elapsed", "usage", "tool_calls", "messages"],
+    "additionalProperties": False,
+}
+"""The JSON Schema of ``RunResult.to_dict()`` (what ``gptoss-agent --json`` prints)."""
+
+
 @dataclass(frozen=True)
 class ReasoningDelta:
     """New text on the ``analysis`` channel (the chain of thought; not for end users)."""
@@ -243,4 +302,4 @@ def event_to_dict(event: AgentEvent) -> dict[str, Any]:
     return {"type": kind, **asdict(event)}
 
 
-__all__ += ["event_to_dict"]
+__all__ += ["RESULT_JSON_SCHEMA", "event_to_dict"]

@@ -149,6 +149,7 @@ class _Step:
     timed_out: bool = False
     last_final: Message | None = None
     foreign_role: Role | None = None
+    context_full: bool = False
     generation_seconds: float = 0.0
 
 
@@ -408,6 +409,8 @@ class Agent:
                 ended = "call"
             elif outcome.answer is not None:
                 answer, reason, ended = outcome.answer.text, StopReason.ANSWER, "answer"
+            elif outcome.context_full:
+                reason = ended = StopReason.CONTEXT
             elif outcome.timed_out:
                 reason = ended = StopReason.TIMEOUT
             elif self.max_tokens is not None and usage.generated_tokens >= self.max_tokens:
@@ -423,7 +426,7 @@ class Agent:
                 generation_seconds=outcome.generation_seconds,
                 tool_seconds=tool_seconds,
             )
-            if ended in ("answer", StopReason.TIMEOUT, StopReason.MAX_TOKENS):
+            if ended in ("answer", StopReason.TIMEOUT, StopReason.MAX_TOKENS, StopReason.CONTEXT):
                 break
         yield self._done(answer, reason, first_new, calls, usage, step, started)
 
@@ -463,6 +466,10 @@ class Agent:
             self.messages, Role.ASSISTANT, self.enc, auto_drop_analysis=False
         )
         budget = None if self.max_tokens is None else self.max_tokens - usage.generated_tokens
+        context = getattr(self.engine, "context_length", None)
+        if isinstance(context, int) and len(prompt) >= context:
+            out.context_full = True
+            return
         parser = StreamParser(self.enc, Role.ASSISTANT)
         tokens = iter(
             self.engine.generate(prompt, stop=self._stops, sampling=self.sampling, max_tokens=budget)

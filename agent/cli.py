@@ -1,0 +1,398 @@
+"""``gptoss-agent``: run the agent from the command line.
+
+    gptoss-agent "What is the 10th Fibonacci number?" --tools python
+    gptoss-agent --model http://localhost:8000 --tools browser --search searxng "..."
+    gptoss-agent                         # interactive chat (one session); stdin lines when piped
+    gptoss-agent --json "task"           # one JSON result on stdout
+    gptoss-agent --jsonl "task"          # the event stream, one JSON object per line
+
+A user's mistake (a bad flag, a missing model, no Docker engine) prints one sentence on stderr
+and exits with status 2; everything else that is not a bug exits 1 with one sentence too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from gptoss_agent.agent.events import AgentEvent, RunDone, RunResult, event_to_dict
+
+__all__ = ["UserError", "build_parser", "main", "resolve_model"]
+
+HF_REPO = "openai/gpt-oss-20b"
+BUILTIN_TOOLS = ("browser", "python")
+
+
+class UserError(Exception):
+    """Something the user can fix; its message is printed as one sentence."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"gptoss-agent: {message}; see gptoss-agent --help.\n")
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="gptoss-agent",
+        description="Run a gpt-oss agent with a browser, a sandboxed Python and your own tools.",
+        epilog="Without a task: an interactive chat that keeps the session (or one turn per stdin line when piped).",
+    )
+    p.add_argument("task", nargs="?", help="what to do (omit for an interactive chat)")
+    p.add_argument(
+        "--model",
+        metavar="PATH|URL",
+        help="a checkpoint directory (original or Hugging Face format) or a vLLM server URL; "
+        f"default: $GPTOSS_MODEL, else {HF_REPO} from the Hugging Face cache (downloaded on first use)",
+    )
+    p.add_argument(
+        "--reasoning", choices=["low", "medium", "high"], default="medium", help="reasoning effort"
+    )
+    p.add_argument(
+        "--tools",
+        default="browser,python",
+        help="comma-separated: browser, python, and module:function for your own @tool functions "
+        "(default: browser,python; 'none' for no tools)",
+    )
+    p.add_argument(
+        "--sandbox",
+        choices=["auto", "docker", "bubblewrap"],
+        default="auto",
+        help="where python code runs (auto: Docker when an engine answers, else bubblewrap)",
+    )
+    p.add_argument(
+        "--search",
+        metavar="BACKEND",
+        help="search backend of the browser: duckduckgo, searxng, brave, exa, tavily (default: $GPTOSS_SEARCH or duckduckgo)",
+    )
+    p.add_argument(
+        "--max-steps", type=_positive(int), default=20, help="most model generations per task (default 20)"
+    )
+    p.add_argument("--max-tokens", type=_positive(int), help="most tokens generated per task")
+    p.add_argument("--timeout", type=_positive(float), help="wall-clock seconds per task")
+    p.add_argument(
+        "--transcript", metavar="FILE", help="append every message to FILE (JSON lines); must be new"
+    )
+    p.add_argument(
+        "--resume", metavar="FILE", help="continue the session in transcript FILE (and keep appending to it)"
+    )
+    p.add_argument(
+        "--instructions",
+        metavar="TEXT",
+        help="developer instructions (a 'Reasoning: high' line sets the effort)",
+    )
+    p.add_argument(
+        "--temperature", type=float, default=1.0, help="sampling temperature; 0 is greedy (default 1.0)"
+    )
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0)")
+    p.add_argument("--seed", type=int, help="sampling seed, for repeatable runs")
+    p.add_argument(
+        "--device", default="auto", help="torch device of a local model: auto, cpu, cuda, cuda:1 ..."
+    )
+    p.add_argument(
+        "--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="weights dtype of a local model"
+    )
+    p.add_argument("--hide-reasoning", action="store_true", help="do not show the chain of thought")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print one JSON result instead of the live view")
+    out.add_argument("--jsonl", action="store_true", help="print the event stream as JSON lines")
+    return p
+
+
+# -- the model -------------------------------------------------------------------------------
+
+
+def _hub_cache() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return Path(home) / "hub"
+
+
+def _checkpoint_in(snapshot: Path) -> Path | None:
+    """The loadable folder of a gpt-oss-20b snapshot: its ``original/`` or the HF files."""
+    for folder in (snapshot / "original", snapshot):
+        if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+            return folder
+    return None
+
+
+def resolve_model(model: str | None) -> str:
+    """The checkpoint or URL to load: ``--model``, else ``$GPTOSS_MODEL``, else gpt-oss-20b from the
+    Hugging Face cache, downloading it first when ``huggingface_hub`` is installed and online."""
+    if model:
+        if not model.startswith(("http://", "https://")) and not Path(model).exists():
+            raise UserError(
+                f"the model {model!r} does not exist (give a checkpoint directory or a server URL)"
+            )
+        return model
+    if os.environ.get("GPTOSS_MODEL"):
+        return resolve_model(os.environ["GPTOSS_MODEL"])
+    pattern = str(_hub_cache() / f"models--{HF_REPO.replace('/', '--')}" / "snapshots" / "*")
+    for snapshot in sorted(glob.glob(pattern), key=os.path.getmtime, reverse=True):
+        found = _checkpoint_in(Path(snapshot))
+        if found is not None:
+            return str(found)
+    return _download()
+
+
+def _download() -> str:
+    how = (
+        f"no model: pass --model PATH|URL, set GPTOSS_MODEL, or download {HF_REPO} "
+        f"(pip install huggingface_hub; huggingface-cli download {HF_REPO} --include 'original/*')"
+    )
+    try:
+        hub: Any = importlib.import_module("huggingface_hub")
+    except ImportError:
+        raise UserError(how) from None
+    print(f"downloading {HF_REPO} (original/, about 13 GB) into {_hub_cache()} ...", file=sys.stderr)
+    try:
+        snapshot = hub.snapshot_download(HF_REPO, allow_patterns=["original/*"])
+    except Exception as e:  # offline, no access, disk full: all say the same thing to the user
+        raise UserError(
+            f"{how}; the download failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
+    found = _checkpoint_in(Path(snapshot))
+    if found is None:
+        raise UserError(f"the download of {HF_REPO} in {snapshot} holds no checkpoint; {how}")
+    return str(found)
+
+
+def _load_engine(args: argparse.Namespace, quiet: bool) -> tuple[Any, Any]:
+    """The engine and the tokenizer (from the checkpoint's ``tokenizer.json`` when it has one)."""
+    from gptoss_agent.model.local import CheckpointError, load_engine
+    from gptoss_agent.model.tokenizer import TokenizerNotFound, load_tokenizer
+
+    target = resolve_model(args.model)
+    local = not target.startswith(("http://", "https://"))
+    try:
+        enc = load_tokenizer(checkpoint=target if local else None)
+    except TokenizerNotFound as e:
+        raise UserError(str(e).rstrip(".")) from None
+    try:
+        return load_engine(target, device=args.device, dtype=args.dtype, progress=not quiet), enc
+    except CheckpointError as e:
+        raise UserError(f"cannot load the model from {target}: {e}") from None
+    except (ValueError, OSError) as e:
+        raise UserError(f"cannot load the model from {target}: {e}") from None
+
+
+# -- the tools -------------------------------------------------------------------------------
+
+
+def _python_tool(backend: str) -> Any:
+    from gptoss_agent.tools import Python
+
+    if backend == "docker":
+        from gptoss_agent.sandbox.docker import docker_available
+
+        if not docker_available():
+            raise UserError("--sandbox docker: no Docker engine answers (start dockerd or Docker Desktop)")
+    elif backend == "bubblewrap":
+        from gptoss_agent.sandbox.bubblewrap import bubblewrap_available
+
+        if not bubblewrap_available():
+            raise UserError("--sandbox bubblewrap: bubblewrap is missing or cannot create namespaces here")
+    if backend == "auto":
+        return Python()
+    from gptoss_agent.sandbox import open_sandbox
+
+    return Python(open_sandbox(backend, start=False))
+
+
+def _custom_tool(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    if not attr:
+        raise UserError(f"unknown tool {spec!r}: use browser, python or module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"cannot import {module_name!r} for tool {spec!r}: {e}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise UserError(f"module {module_name!r} has no {attr!r} (tool {spec!r})") from None
+
+
+def build_tools(names: str, sandbox: str, search: str | None) -> list[Any]:
+    """The tools named by ``--tools``."""
+    tools: list[Any] = []
+    for name in (n.strip() for n in names.split(",")):
+        if not name or name == "none":
+            continue
+        if name == "browser":
+            from gptoss_agent.tools import Browser
+
+            try:
+                tools.append(Browser(search))
+            except ValueError as e:
+                raise UserError(str(e).rstrip(".")) from None
+        elif name == "python":
+            tools.append(_python_tool(sandbox))
+        else:
+            tools.append(_custom_tool(name))
+    return tools
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+def _make_agent(args: argparse.Namespace, engine: Any, enc: Any, tools: list[Any]) -> Any:
+    from gptoss_agent.agent.loop import Agent
+    from gptoss_agent.model.engine import Sampling
+
+    options: dict[str, Any] = {
+        "reasoning_effort": args.reasoning,
+        "instructions": args.instructions,
+        "max_steps": args.max_steps,
+        "max_tokens": args.max_tokens,
+        "timeout": args.timeout,
+        "sampling": Sampling(temperature=args.temperature, top_p=args.top_p, seed=args.seed),
+        "enc": enc,
+    }
+    if args.resume:
+        return Agent.from_transcript(args.resume, engine, tools, **options)
+    return Agent(engine, tools, transcript=args.transcript, **options)
+
+
+def _check_transcripts(args: argparse.Namespace) -> None:
+    from gptoss_agent.agent.transcript import TranscriptError, load_transcript
+
+    if args.resume:
+        try:
+            load_transcript(args.resume)
+        except FileNotFoundError:
+            raise UserError(f"--resume: no transcript at {args.resume}") from None
+        except (TranscriptError, OSError) as e:
+            raise UserError(f"--resume: {e}") from None
+    if args.transcript:
+        path = Path(args.transcript)
+        if path.exists() and path.stat().st_size > 0:
+            raise UserError(
+                f"--transcript: {path} already exists; continue it with --resume {path} or choose a new file"
+            )
+
+
+class _Output:
+    """Where events go: the rich view, JSON lines, or nothing until one JSON result."""
+
+    def __init__(self, args: argparse.Namespace, tools: list[Any]) -> None:
+        self.mode = "json" if args.json else "jsonl" if args.jsonl else "rich"
+        self.renderer: Callable[[AgentEvent], None] | None = None
+        if self.mode == "rich":
+            from gptoss_agent.agent.render import Renderer
+            from rich.console import Console
+
+            resolve = next((t.resolve_citations for t in tools if hasattr(t, "resolve_citations")), None)
+            self.renderer = Renderer(
+                Console(), show_reasoning=not args.hide_reasoning, resolve_citations=resolve
+            )
+
+    def event(self, event: AgentEvent) -> None:
+        if self.mode == "jsonl":
+            print(json.dumps(event_to_dict(event), ensure_ascii=False), flush=True)
+        elif self.renderer is not None:
+            self.renderer(event)
+
+    def result(self, result: RunResult) -> None:
+        if self.mode == "json":
+            print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2), flush=True)
+
+
+def _turn(agent: Any, task: str | None, out: _Output) -> RunResult:
+    result = None
+    for event in agent.stream(task):
+        out.event(event)
+        if isinstance(event, RunDone):
+            result = event.result
+    assert result is not None
+    out.result(result)
+    return result
+
+
+def _chat(agent: Any, out: _Output) -> None:
+    """One turn per line: typed at a prompt on a terminal, read from stdin otherwise."""
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("gptoss-agent chat: one session; empty line or Ctrl-D to quit.", file=sys.stderr)
+    while True:
+        try:
+            line = input("› ") if interactive else sys.stdin.readline()
+        except EOFError:
+            break
+        if not interactive and line == "":
+            break
+        task = line.strip()
+        if not task:
+            if interactive:
+                break
+            continue
+        _turn(agent, task, out)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """The command; raises ``UserError`` for the user's mistakes."""
+    args = build_parser().parse_args(argv)
+    if args.resume and args.transcript:
+        raise UserError("--resume FILE already appends to FILE; leave out --transcript")
+    quiet = args.json or args.jsonl
+    _check_transcripts(args)  # the cheap checks first: no model load before a typo is caught
+    tools = build_tools(args.tools, args.sandbox, args.search)
+    engine, enc = _load_engine(args, quiet)
+    agent = _make_agent(args, engine, enc, tools)
+    out = _Output(args, tools)
+    try:
+        if args.resume and agent.messages and args.task is None:
+            _turn(agent, None, out)
+        if args.task is not None:
+            _turn(agent, args.task, out)
+        else:
+            _chat(agent, out)
+    finally:
+        agent.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gptoss-agent`` console script."""
+    from gptoss_agent.model.remote import RemoteEngineError
+    from gptoss_agent.sandbox.base import SandboxError
+
+    try:
+        return run(argv)
+    except UserError as e:
+        print(f"gptoss-agent: {str(e).rstrip('.')}.", file=sys.stderr)
+        return 2
+    except SandboxError as e:
+        print(f"gptoss-agent: the Python sandbox failed: {str(e).rstrip('.')}.", file=sys.stderr)
+        return 1
+    except RemoteEngineError as e:
+        print(f"gptoss-agent: the model server failed: {str(e).rstrip('.')}.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("gptoss-agent: interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
