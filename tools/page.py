@@ -33,7 +33,6 @@ _PARAGRAPHS = (
     "nav, aside, main, form, fieldset, details, address, hr"
 )
 _LINES = "div, tr, dt, dd, caption, summary, label, option, legend"
-_WHITESPACE = re.compile(r"[ \t\n\r\f\v]+")
 _BR_RUN = re.compile(f"{_BR}{{2,}}")
 _PARA_RUN = re.compile(f"{_PARA}+")
 _CELL_END = re.compile(f"{_CELL}+\n")
@@ -67,7 +66,7 @@ def domain_of(url: str) -> str:
 
 def sanitize(text: str) -> str:
     """Collapse whitespace and replace the characters the link format reserves (【】†)."""
-    return _WHITESPACE.sub(" ", _replace_special(text)).strip().replace("†", "‡")
+    return " ".join(_replace_special(text).split()).replace("†", "‡")
 
 
 def html_to_text(html: str, url: str = "") -> PageText:
@@ -115,6 +114,9 @@ def _replace_links(root: LexborNode, base: str, site: str) -> list[str]:
     links: list[str] = []
     ids: dict[str, int] = {}
     seen: dict[str, tuple[str, str]] = {}
+    origin = base.split("/", 3)[:3]
+    origin_url = "/".join(origin) if len(origin) == 3 and origin[0] in ("http:", "https:") else ""
+    base_domain = domain_of(base)
     for node in root.css("a[href]"):
         href = (node.attributes.get("href") or "").strip()
         text = sanitize(node.text(deep=True))
@@ -129,8 +131,7 @@ def _replace_links(root: LexborNode, base: str, site: str) -> list[str]:
             node.replace_with(text)
             continue
         if (resolved := seen.get(href)) is None:
-            target = urljoin(base, href).split("#", 1)[0]
-            resolved = seen[href] = (target, domain_of(target))
+            resolved = seen[href] = _resolve(base, origin_url, base_domain, href)
         target, domain = resolved
         if not domain or not target.lower().startswith(("http://", "https://")):
             node.replace_with(text)
@@ -141,6 +142,19 @@ def _replace_links(root: LexborNode, base: str, site: str) -> list[str]:
         suffix = "" if domain == site else f"†{domain}"
         node.replace_with(f"【{link_id}†{text}{suffix}】")
     return links
+
+
+def _resolve(base: str, origin: str, base_domain: str, href: str) -> tuple[str, str]:
+    """``(absolute URL without fragment, its domain)``; plain absolute and root-relative links
+    skip ``urljoin`` (the common case on big pages), anything unusual goes through it."""
+    href = href.split("#", 1)[0]
+    if "/." not in href and "\\" not in href and not any(c.isspace() for c in href):
+        if href.startswith(("http://", "https://")) and "?" not in (netloc := href.split("/", 3)[2]):
+            return href, netloc.rsplit("@", 1)[-1]
+        if origin and href.startswith("/") and not href.startswith("//"):
+            return origin + href, base_domain
+    target = urljoin(base, href)
+    return target, domain_of(target)
 
 
 def _layout(raw: str) -> str:
