@@ -167,10 +167,17 @@ class _ModelError(ToolError):
 class Browser:
     """harmony's built-in ``browser`` tool.
 
-    ``search``: a backend name (``duckduckgo``, ``searxng``, ``brave``, ``exa``, ``tavily``), an
-    object with ``search(query, n)`` (and optionally ``async asearch``), or None for
-    ``$GPTOSS_SEARCH``. Pages on loopback, private and link-local addresses are refused unless
-    ``allow_private_urls``; ``resolver`` is the DNS seam (``resolver(host, port) -> addresses``).
+    Args:
+        search: A backend name (``duckduckgo``, ``searxng``, ``brave``, ``exa``, ``tavily``), an
+            object with ``search(query, n)`` (and optionally ``async asearch``), or None for
+            ``$GPTOSS_SEARCH`` (default ``duckduckgo``).
+        allow_private_urls: Open loopback, private and link-local addresses too (refused by
+            default, also behind redirects and DNS names).
+        view_tokens: The size of a page window, in o200k tokens.
+        max_search_results: The most results one search shows, whatever ``topn`` asks.
+        fetch_config: Timeouts, size cap, redirect limit, TLS trust and the network seams.
+        resolver: The DNS seam, ``resolver(host, port) -> addresses`` (overrides ``fetch_config``'s).
+        encoding: The tokenizer for window sizes; None loads ``o200k_harmony`` on first use.
     """
 
     def __init__(
