@@ -33,7 +33,7 @@ from .repl import Channel, PipeChannel, ReplSession, driver_source, sandbox_env
 __all__ = ["BubblewrapSession", "bubblewrap_available"]
 
 _uids = itertools.count()
-ETC_FILES = ("ld.so.cache", "matplotlibrc", "fonts", "mime.types", "localtime")
+ETC_FILES = ("ld.so.cache", "alternatives", "matplotlibrc", "fonts", "mime.types", "localtime")
 
 
 def bubblewrap_available() -> bool:
@@ -169,8 +169,11 @@ class BubblewrapSession(ReplSession):
                 argv += ["--symlink", os.readlink(path), f"/{name}"]
             elif path.is_dir():
                 argv += ["--ro-bind", str(path), f"/{name}"]
-        for name in ETC_FILES:
-            argv += ["--ro-bind-try", str(root / "etc" / name), f"/etc/{name}"]
+        if root != Path("/"):
+            argv += ["--ro-bind", str(root / "etc"), "/etc"]  # the image's own /etc (no secrets)
+        else:
+            for name in ETC_FILES:  # of the host's /etc, only what the runtime reads
+                argv += ["--ro-bind-try", str(root / "etc" / name), f"/etc/{name}"]
         argv += ["--proc", "/proc", "--dev", "/dev"]
         argv += ["--size", str(lim.tmp_disk), "--perms", "1777", "--tmpfs", "/tmp"]
         argv += ["--size", str(lim.data_disk), "--perms", "1777", "--tmpfs", "/mnt/data"]
@@ -189,11 +192,15 @@ class BubblewrapSession(ReplSession):
         self._uid = uid
         nproc = lim.pids if as_root else _count_processes(uid) + lim.pids
         cgroup = self._cgroup
+        # Address space is a crude stand-in for memory (OpenBLAS, for one, reserves far more than
+        # it touches and spins when a reservation fails): only without a memory cgroup.
+        has_memory_cgroup = bool(cgroup and any(c.startswith("memory.") for c in cgroup.controls))
+        address_space = resource.RLIM_INFINITY if has_memory_cgroup else lim.memory
 
         def preexec() -> None:
             if cgroup:
                 cgroup.join()
-            resource.setrlimit(resource.RLIMIT_AS, (lim.memory, lim.memory))
+            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
             resource.setrlimit(resource.RLIMIT_NOFILE, (lim.open_files, lim.open_files))
             resource.setrlimit(resource.RLIMIT_FSIZE, (lim.max_file, lim.max_file))
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

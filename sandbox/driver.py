@@ -22,16 +22,15 @@ import ast
 import codecs
 import collections
 import contextlib
-import fcntl
 import io
 import json
 import linecache
 import os
 import resource
+import select
 import signal
 import struct
 import sys
-import termios
 import threading
 import time
 import traceback
@@ -84,27 +83,41 @@ class Recorder:
     def add(self, stream: str, text: str) -> None:
         if not text:
             return
-        text = clean(text)
+        if not text.isascii():
+            text = clean(text)
         with self.lock:
             if self.head_left > 0:
                 head, text = text[: self.head_left], text[self.head_left :]
                 self.head_left -= len(head)
                 self.send({"type": "out", "stream": stream, "text": head})
-            if not text:
-                return
+                if not text:
+                    return
             self.tail.append([stream, text])
             self.tail_len += len(text)
-            while self.tail_len > self.tail_limit:
-                excess = self.tail_len - self.tail_limit
-                first = self.tail[0]
-                if len(first[1]) <= excess:
-                    self.tail.popleft()
-                    dropped = len(first[1])
-                else:
-                    first[1] = first[1][excess:]
-                    dropped = excess
-                self.tail_len -= dropped
-                self.cut += dropped
+            if self.tail_len > 2 * self.tail_limit + 65536:
+                self._trim()  # amortized: a flood of small writes stays cheap
+
+    def _trim(self) -> None:
+        while self.tail_len > self.tail_limit:
+            excess = self.tail_len - self.tail_limit
+            first = self.tail[0]
+            if len(first[1]) <= excess:
+                self.tail.popleft()
+                dropped = len(first[1])
+            else:
+                first[1] = first[1][excess:]
+                dropped = excess
+            self.tail_len -= dropped
+            self.cut += dropped
+
+    def finish(self) -> tuple[list, int]:
+        """The tail and how many characters were cut; later output is dropped."""
+        with self.lock:
+            self._trim()
+            self.head_left = 0
+            tail, self.tail = [list(item) for item in self.tail], collections.deque()
+            cut, self.tail_len, self.tail_limit = self.cut, 0, 0
+            return tail, cut
 
 
 class TextStream(io.TextIOBase):
@@ -137,7 +150,11 @@ class TextStream(io.TextIOBase):
             raise ValueError("I/O operation on closed file.")
         if not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        self._driver.recorder.add(self._name, s)
+        driver = self._driver
+        now = time.monotonic()
+        if now - driver.collected > 0.0002:  # at most every 0.2 ms: cheap for print loops
+            driver.collect_pipes()
+        driver.recorder.add(self._name, s)
         return len(s)
 
 
@@ -175,11 +192,13 @@ class Driver:
         self.recorder = Recorder(self.send, 1)
         self.pump_lock = threading.Lock()
         self.pipes = {}
+        self.collected = 0.0
         for fd, name in ((1, "stdout"), (2, "stderr")):
             r, w = os.pipe()
-            os.set_inheritable(w, False)
-            self.pipes[fd] = (r, w)
-            threading.Thread(target=self._pump, args=(r, name), daemon=True).start()
+            os.set_blocking(r, False)
+            decoder = codecs.getincrementaldecoder("utf-8")("backslashreplace")
+            self.pipes[fd] = (r, w, name, decoder)
+            threading.Thread(target=self._pump, args=(r,), daemon=True).start()
         self._reset_fds()
         self.module = types.ModuleType("__main__")
         self.module.__dict__["__builtins__"] = __builtins__
@@ -206,33 +225,37 @@ class Driver:
             )
             setattr(sys, "stdout" if fd == 1 else "stderr", stream)
 
-    def _pump(self, fd: int, name: str) -> None:
-        decoder = codecs.getincrementaldecoder("utf-8")("backslashreplace")
+    def _pump(self, r: int) -> None:
         while True:
-            data = os.read(fd, 65536)
-            if not data:
-                return
-            with self.pump_lock:
-                self.recorder.add(name, decoder.decode(data))
+            select.select([r], [], [])
+            self.collect_pipes()
+
+    def collect_pipes(self) -> None:
+        """Record what is waiting in the pipes of fds 1 and 2 (subprocesses, ``os.write``).
+        Called before each Python-level write too, so both kinds of output keep their order."""
+        with self.pump_lock:
+            self.collected = time.monotonic()
+            for r, _, name, decoder in self.pipes.values():
+                while True:
+                    try:
+                        data = os.read(r, 65536)
+                    except BlockingIOError:
+                        break
+                    if not data:
+                        break
+                    self.recorder.add(name, decoder.decode(data))
 
     def _drain(self) -> None:
-        """Wait (briefly) until the pumps have read what is in the pipes."""
-        buf = bytearray(4)
-        for r, _ in self.pipes.values():
-            for _ in range(100):
-                fcntl.ioctl(r, termios.FIONREAD, buf)
-                if not int.from_bytes(buf, sys.byteorder):
-                    break
-                time.sleep(0.002)
-        with self.pump_lock:
-            pass
+        """Collect what children wrote just before the cell ended."""
+        time.sleep(0.001)
+        self.collect_pipes()
 
     def _reset_fds(self) -> None:
         null = os.open(os.devnull, os.O_RDONLY)
         if null != 0:
             os.dup2(null, 0)
             os.close(null)
-        for fd, (_, w) in self.pipes.items():
+        for fd, (_, w, _, _) in self.pipes.items():
             os.dup2(w, fd)
         sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
         for fd, name in ((1, "stdout"), (2, "stderr")):
@@ -297,11 +320,8 @@ class Driver:
             with contextlib.suppress(Exception):
                 stream.flush()
         self._drain()
-        rec = self.recorder
-        with rec.lock:
-            rec.head_left = 0  # late output from children goes to the tail only
-            tail = [list(item) for item in rec.tail]
-            self.send({"type": "done", "tail": tail, "cut": rec.cut, "value": value, "error": error})
+        tail, cut = self.recorder.finish()
+        self.send({"type": "done", "tail": tail, "cut": cut, "value": value, "error": error})
 
     def serve(self) -> None:
         self.send({"type": "ready", "python": sys.version.split()[0]})

@@ -60,7 +60,11 @@ STRIP = (
     "etc/gshadow-",
     "root",
     "home",
+    # Build tools that scipy's packaging drags in (pythran -> gcc, boost): never run in a sandbox.
+    "usr/include",
+    "usr/lib/gcc",
 )
+STRIP_GLOBS = ("usr/lib/x86_64-linux-gnu/**/*.a", "usr/lib/x86_64-linux-gnu/lib*san.so*")
 
 Progress = Callable[[str], None]
 
@@ -70,6 +74,9 @@ def cache_dir() -> Path:
     base = os.environ.get("GPTOSS_SANDBOX_CACHE")
     if base:
         return Path(base)
+    if os.geteuid() == 0:
+        # Readable by the unused uids that bubblewrap sessions run under (/root is not).
+        return Path("/var/cache/gptoss-agent/sandbox")
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(xdg) / "gptoss-agent" / "sandbox"
 
@@ -129,18 +136,27 @@ def build_rootfs(progress: Progress | None = None, *, mirror: str | None = None,
         )
     finally:
         _unmount_below(partial)  # a failed debootstrap leaves /proc mounted in the target
+    strip(partial)
+    (partial / ".complete").touch()
+    partial.rename(target)
+    return target
+
+
+def strip(root: Path) -> None:
+    """Remove what a sandbox never needs (docs, caches, password hashes, compilers)."""
     for rel in STRIP:
-        path = partial / rel
+        path = root / rel
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
             path.mkdir(mode=0o700 if rel in ("root", "home") else 0o755)
         elif path.exists() or path.is_symlink():
             path.unlink()
-    (partial / "mnt" / "data").mkdir(parents=True, exist_ok=True)
-    (partial / "mnt" / "data").chmod(0o1777)
-    (partial / ".complete").touch()
-    partial.rename(target)
-    return target
+    for pattern in STRIP_GLOBS:
+        for path in root.glob(pattern):
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+    (root / "mnt" / "data").mkdir(parents=True, exist_ok=True)
+    (root / "mnt" / "data").chmod(0o1777)
 
 
 def _unmount_below(path: Path) -> None:

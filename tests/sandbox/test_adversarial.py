@@ -47,13 +47,15 @@ def test_one_huge_file(session):
 
 
 def test_infinite_loop_times_out_and_says_state_is_lost(session):
-    session.run("x = 1")
+    session.run("x = 1\nopen('/mnt/data/saved', 'w').write('1')")
     started = time.monotonic()
     ex = session.run("while True:\n    pass", timeout=2)
     assert ex.timed_out and ex.restarted
     assert time.monotonic() - started < 15
-    assert "Timed out after 2 s" in ex.output and "lost" in ex.output
+    assert "Timed out after 2 s" in ex.output and "variables, imports and definitions were lost" in ex.output
     assert "NameError" in (session.run("x").error or "")
+    kept = session.run("import os; os.path.exists('/mnt/data/saved')").value == "True"
+    assert ("files in /mnt/data were kept" in ex.output) == kept
     assert_answers(session)
 
 
