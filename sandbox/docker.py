@@ -247,9 +247,12 @@ class DockerSession(ReplSession):
         """SIGSTOP then SIGKILL every process of the code's user, by host PID, until none is
         left: fast even against a fork bomb, and /mnt/data survives. Only for an engine on this
         machine, and only PIDs whose cgroup names this container."""
+        container_id = self.container_id
+        if not container_id:
+            return False
         for _ in range(100):
             try:
-                listing = self.client.api.top(self.container_id, ps_args="-o pid,uid")
+                listing = self.client.api.top(container_id, ps_args="-o pid,uid")
             except self._errors.DockerException:
                 return False
             victims = [
@@ -259,7 +262,7 @@ class DockerSession(ReplSession):
                 return True
             for pid in victims:
                 try:
-                    if self.container_id not in Path(f"/proc/{pid}/cgroup").read_text():
+                    if container_id not in Path(f"/proc/{pid}/cgroup").read_text():
                         return False  # not our kernel's process: the engine is elsewhere
                 except FileNotFoundError:
                     continue  # already gone
