@@ -1,0 +1,86 @@
+"""What the Docker backend asks of the engine: the container's lockdown, labels and cleanup."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from _sandbox_support import SMALL, docker_ready, open_backend
+from gptoss_agent.sandbox import SandboxError
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def client():
+    reason = docker_ready()
+    if reason:
+        pytest.skip(reason)
+    import docker
+
+    return docker.from_env()
+
+
+def test_container_is_locked_down(client):
+    with open_backend("docker") as s:
+        info = client.api.inspect_container(s.container_id)
+        host, config = info["HostConfig"], info["Config"]
+        assert host["NetworkMode"] == "none"
+        assert host["ReadonlyRootfs"] is True
+        assert host["CapDrop"] == ["ALL"] and not host["CapAdd"]
+        assert host["SecurityOpt"] == ["no-new-privileges"]
+        assert host["Privileged"] is False
+        assert host["Memory"] == SMALL.memory and host["MemorySwap"] == SMALL.memory
+        assert host["NanoCpus"] == int(SMALL.cpus * 1e9) and host["PidsLimit"] == SMALL.pids
+        assert set(host["Tmpfs"]) == {"/tmp", "/mnt/data"}
+        assert f"size={SMALL.data_disk}" in host["Tmpfs"]["/mnt/data"]
+        assert not host["Binds"] and not info["Mounts"] and not host["PortBindings"]
+        assert host["Init"] is True or config["Cmd"][:2] == ["python3", "-I"]
+        assert config["User"] == "65533:65533"
+        assert all(e.startswith("PATH=") for e in config["Env"] or [])
+        assert config["Labels"]["gptoss-agent.sandbox.host"] == socket.gethostname()
+        assert s.run("import os; os.getuid(), os.getgid()").value == "(65534, 65534)"
+        container_id = s.container_id
+    with pytest.raises(Exception, match="No such container"):
+        client.api.inspect_container(container_id)
+
+
+def test_leftovers_of_dead_owners_are_reaped(client):
+    from gptoss_agent.sandbox.docker import LABEL, reap_leftovers
+    from gptoss_agent.sandbox.image import DEFAULT_IMAGE
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    made = {}
+    for owner, pid in (("dead", dead.pid), ("alive", os.getpid())):
+        labels = {LABEL: "1", f"{LABEL}.host": socket.gethostname(), f"{LABEL}.pid": str(pid)}
+        made[owner] = client.containers.create(DEFAULT_IMAGE, ["true"], labels=labels, network_mode="none").id
+    try:
+        assert reap_leftovers(client) >= 1
+        remaining = {c.id for c in client.containers.list(all=True, filters={"label": LABEL})}
+        assert made["dead"] not in remaining and made["alive"] in remaining
+    finally:
+        for cid in made.values():
+            with contextlib.suppress(Exception):
+                client.api.remove_container(cid, force=True)
+
+
+def test_missing_image_is_a_clear_error(client):
+    from gptoss_agent.sandbox.docker import DockerSession
+
+    with pytest.raises(SandboxError, match="build-image"):
+        DockerSession(SMALL, image="gptoss-agent-sandbox:no-such-version", build=False)
+
+
+def test_build_image_command_is_quick_when_the_image_exists(client):
+    done = subprocess.run(
+        [sys.executable, "-m", "gptoss_agent.sandbox", "build-image"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "exists" in done.stderr
