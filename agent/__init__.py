@@ -1,6 +1,7 @@
 """The agent: the harmony codec, the loop, events, transcripts, workflows and the CLI."""
 
 from gptoss_agent.agent.events import (
+    RESULT_JSON_SCHEMA,
     AgentEvent,
     AnswerDelta,
     CommentaryDelta,
@@ -52,10 +53,12 @@ from gptoss_agent.agent.messages import (
     ToolDescription,
     ToolNamespaceConfig,
 )
-from gptoss_agent.agent.scripted import ScriptedEngine, ScriptExhausted
+from gptoss_agent.agent.scripted import ForcedEngine, ScriptedEngine, ScriptExhausted
 from gptoss_agent.agent.transcript import Transcript, TranscriptError, load_transcript
+from gptoss_agent.agent.workflow import Step, StepResult, Workflow, WorkflowError, WorkflowResult
 
 __all__ = [
+    "RESULT_JSON_SCHEMA",
     "Agent",
     "AgentEvent",
     "AnswerDelta",
@@ -68,6 +71,7 @@ __all__ = [
     "Conversation",
     "DeveloperContent",
     "Event",
+    "ForcedEngine",
     "Message",
     "MessageDone",
     "MessageStarted",
@@ -83,7 +87,9 @@ __all__ = [
     "RunResult",
     "ScriptExhausted",
     "ScriptedEngine",
+    "Step",
     "StepDone",
+    "StepResult",
     "StopReason",
     "StreamParser",
     "SystemContent",
@@ -97,6 +103,9 @@ __all__ = [
     "Transcript",
     "TranscriptError",
     "Usage",
+    "Workflow",
+    "WorkflowError",
+    "WorkflowResult",
     "drop_finished_reasoning",
     "event_to_dict",
     "load_transcript",
