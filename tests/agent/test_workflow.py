@@ -138,3 +138,46 @@ def test_parse_json_answer_and_bad_schemas():
     flow.step("ok", "x")
     with pytest.raises(ValueError, match="already exists"):
         flow.step("ok", "y")
+
+
+# -- the examples run as written (--demo: a scripted model, a local web page) ---------------------
+
+
+def _example(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_custom_tool(capsys):
+    assert _example("custom_tool").main(["--demo"]) == 0
+    out = capsys.readouterr().out
+    assert "'miles' is not one of ['km', 'mi']" in out and "243.6 miles" in out
+
+
+def test_example_structured_output(capsys):
+    assert _example("structured_output").main(["--demo"]) == 0
+    out = capsys.readouterr().out
+    assert '"servings": 4' in out and "valid after 2 attempt(s)" in out
+
+
+@pytest.mark.bwrap
+def test_example_workflow_research_compute(capsys, tmp_path):
+    from gptoss_agent.sandbox.bubblewrap import bubblewrap_available
+
+    if not bubblewrap_available():
+        pytest.skip("bubblewrap is missing or cannot create namespaces here (CI installs it)")
+    module = _example("workflow_research_compute")
+    transcript = tmp_path / "flow.jsonl"
+    assert module.main(["--demo", "--sandbox", "bubblewrap", "--transcript", str(transcript)]) == 0
+    out = capsys.readouterr().out
+    assert "553 184.33" in out and '"total_mw": 553' in out
+    # run again: everything comes from the transcript
+    assert module.main(["--demo", "--sandbox", "bubblewrap", "--transcript", str(transcript)]) == 0
+    assert '"total_mw": 553' in capsys.readouterr().out
