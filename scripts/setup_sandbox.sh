@@ -38,7 +38,7 @@ if ! engine_up; then
     wait_engine || { tail -50 /tmp/dockerd.log >&2; exit 1; }
   fi
 fi
-echo "docker engine: $(docker info --format '{{.ServerVersion}}, storage {{.Driver}}')"
+echo "docker engine: $(docker info --format '{{.ServerVersion}}, storage {{.Driver}}' | tr -d '\n')"
 
 # Builds only what is missing (the root filesystem and its downloads are cached under
 # ~/.cache/gptoss-agent/sandbox, or $GPTOSS_SANDBOX_CACHE).
