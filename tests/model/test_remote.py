@@ -8,8 +8,15 @@ through vLLM equals greedy decoding through ``LocalEngine`` in float32 token for
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import random
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,11 +24,12 @@ from gptoss_agent.model import Sampling
 from gptoss_agent.model.remote import (
     ContextTooLong,
     RemoteEngine,
+    ServerUnavailable,
     StreamInterrupted,
     _looks_out_of_vocab,
     _looks_too_long,
 )
-from remote_servers import DroppingProxy
+from remote_servers import DroppingProxy, free_port
 
 pytestmark = pytest.mark.vllm
 
@@ -221,3 +229,102 @@ def test_agent_round_trip_with_a_scripted_tool_call(remote, local, enc):
     assert seen["remote"] == seen["local"]
     assert result.answer == enc.decode(seen["remote"])
     assert remote.last_stats.prompt_tokens == len(prompt)
+
+
+def _tokenizer_checkpoint(checkpoint: Path, out: Path) -> Path:
+    """The served checkpoint plus an o200k_harmony ``tokenizer.json`` (built from the tiktoken ranks)."""
+    if (out / "tokenizer.json").exists():
+        return out
+    from gptoss_agent.model.tokenizer import O200K_PATTERN, SPECIAL_TOKENS
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = Path(os.environ["TIKTOKEN_ENCODINGS_BASE"]) / "o200k_base.tiktoken"
+    specials = [name for name, _ in sorted(SPECIAL_TOKENS.items(), key=lambda item: item[1])]
+    tokenizer = TikTokenConverter(
+        vocab_file=str(ranks), pattern=O200K_PATTERN, extra_special_tokens=specials
+    ).converted()
+    assert [tokenizer.token_to_id(name) for name in specials] == sorted(SPECIAL_TOKENS.values())
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for item in checkpoint.iterdir():
+        (tmp / item.name).symlink_to(item.resolve())
+    tokenizer.save(str(tmp / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": "<|return|>",
+        "pad_token": "<|endoftext|>",
+    }
+    (tmp / "tokenizer_config.json").write_text(json.dumps(config))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def own_server(vllm_url):
+    """A second, short-lived vLLM server started *with* a tokenizer (no --skip-tokenizer-init)."""
+    python = os.environ.get("GPTOSS_VLLM_PYTHON")
+    if not python:
+        pytest.skip("GPTOSS_VLLM_PYTHON (vLLM's interpreter) is not set: scripts/setup_vllm.sh exports it")
+    checkpoint = Path(os.environ["GPTOSS_VLLM_CHECKPOINT"])
+    served = _tokenizer_checkpoint(checkpoint, checkpoint.with_name(checkpoint.name + "-tokenizer"))
+    port = free_port()
+    log = (served.parent / "own-server.log").open("wb")
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
+    args = [
+        "--model",
+        str(served),
+        "--served-model-name",
+        "gpt-oss-tiny",
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+    ]
+    args += ["--max-model-len", "4096", "--max-num-seqs", "4", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(
+        [python, "-m", "vllm.entrypoints.openai.api_server", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = (served.parent / "own-server.log").read_text(errors="replace")[-3000:]
+                pytest.fail(f"the second vLLM server did not start:\n{tail}")
+            time.sleep(1)
+        yield url, proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_a_server_with_its_own_tokenizer_then_killed_mid_stream(own_server, remote):
+    """Same tokens from a normal server (it detokenizes too); then SIGKILL it while it streams."""
+    url, proc = own_server
+    with RemoteEngine(url) as engine:
+        for n, seed in [(6, 21), (90, 22)]:
+            ids = prompt(n, seed)
+            want = list(remote.generate(ids, stop=STOP, sampling=GREEDY, max_tokens=16))
+            assert list(engine.generate(ids, stop=STOP, sampling=GREEDY, max_tokens=16)) == want
+
+        got: list[int] = []
+        stream = engine.generate(prompt(10, 23), sampling=GREEDY, max_tokens=3000)
+        with pytest.raises(StreamInterrupted, match="broke after") as info:
+            for token in stream:
+                got.append(token)
+                if len(got) == 3:
+                    os.killpg(proc.pid, signal.SIGKILL)
+        assert got == info.value.tokens and len(got) >= 3
+        assert "not retried" in str(info.value)
+        with pytest.raises(ServerUnavailable, match="is the vLLM server running"):
+            list(engine.generate(prompt(4, 24), max_tokens=2))
