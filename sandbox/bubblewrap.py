@@ -15,6 +15,7 @@ kills the PID namespace's init, and the kernel kills everything left in that nam
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import resource
@@ -28,12 +29,22 @@ from pathlib import Path
 from .base import SandboxError
 from .image import rootfs_dir
 from .limits import Limits
-from .repl import Channel, PipeChannel, ReplSession, driver_source, sandbox_env
+from .repl import Channel, PipeChannel, ReplSession, describe_exit, driver_source, sandbox_env
 
 __all__ = ["BubblewrapSession", "bubblewrap_available"]
 
 _uids = itertools.count()
 ETC_FILES = ("ld.so.cache", "alternatives", "matplotlibrc", "fonts", "mime.types", "localtime")
+
+
+@functools.cache
+def _bwrap_options(bwrap: str) -> frozenset[str]:
+    """The options this bwrap knows (--disable-userns and --size are recent)."""
+    try:
+        text = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return frozenset()
+    return frozenset(word for word in text.split() if word.startswith("--"))
 
 
 def bubblewrap_available() -> bool:
@@ -158,7 +169,10 @@ class BubblewrapSession(ReplSession):
 
     def _argv(self) -> list[str]:
         lim, root = self.limits, self.root
-        argv = [str(self.bwrap), "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent"]
+        known = _bwrap_options(str(self.bwrap))
+        argv = [str(self.bwrap), "--unshare-all", "--unshare-user", "--die-with-parent"]
+        if "--disable-userns" in known:
+            argv.append("--disable-userns")  # no nested user namespaces for the code
         argv += ["--new-session", "--clearenv", "--hostname", "sandbox", "--cap-drop", "ALL"]
         for key, value in sandbox_env(lim).items():
             argv += ["--setenv", key, value]
@@ -175,8 +189,10 @@ class BubblewrapSession(ReplSession):
             for name in ETC_FILES:  # of the host's /etc, only what the runtime reads
                 argv += ["--ro-bind-try", str(root / "etc" / name), f"/etc/{name}"]
         argv += ["--proc", "/proc", "--dev", "/dev"]
-        argv += ["--size", str(lim.tmp_disk), "--perms", "1777", "--tmpfs", "/tmp"]
-        argv += ["--size", str(lim.data_disk), "--perms", "1777", "--tmpfs", "/mnt/data"]
+        for size, mount in ((lim.tmp_disk, "/tmp"), (lim.data_disk, "/mnt/data")):
+            if "--size" in known:  # without it (bwrap < 0.7) only RLIMIT_FSIZE bounds each file
+                argv += ["--size", str(size)]
+            argv += ["--perms", "1777", "--tmpfs", mount]
         argv += ["--remount-ro", "/", "--chdir", "/mnt/data", "--uid", "65534", "--gid", "65534"]
         argv += ["--", "/usr/bin/python3", "-I", "-c", driver_source()]
         return argv
@@ -234,9 +250,7 @@ class BubblewrapSession(ReplSession):
             code = self._process.wait(timeout=1)
         except subprocess.TimeoutExpired:
             return "the Python process stopped answering"
-        if code in (-signal.SIGKILL, 128 + signal.SIGKILL, 137):
-            return "killed: most likely the memory limit was reached"
-        return f"exit status {code}"
+        return describe_exit(code)
 
     def _kill(self) -> bool:
         process, self._process = self._process, None

@@ -22,7 +22,7 @@ from typing import Any
 from .base import SandboxError
 from .image import DEFAULT_IMAGE, ensure_image
 from .limits import Limits
-from .repl import Channel, ReplSession, SocketChannel, driver_source, sandbox_env
+from .repl import Channel, ReplSession, SocketChannel, describe_exit, driver_source, sandbox_env
 
 __all__ = ["DockerSession", "docker_available", "reap_leftovers"]
 
@@ -225,15 +225,16 @@ class DockerSession(ReplSession):
         return SocketChannel(raw)
 
     def _death_reason(self) -> str:
-        if self._exec_id:
-            with contextlib.suppress(Exception):
-                info = self.client.api.exec_inspect(self._exec_id)
-                code = info.get("ExitCode")
-                if code == 137:
-                    return "killed: most likely the memory limit was reached"
-                if code is not None:
-                    return f"exit status {code}"
-        return "the Python process exited"
+        code = None
+        deadline = time.monotonic() + 1.0
+        while self._exec_id and code is None and time.monotonic() < deadline:
+            try:
+                code = self.client.api.exec_inspect(self._exec_id).get("ExitCode")
+            except self._errors.DockerException:
+                break
+            if code is None:
+                time.sleep(0.02)
+        return describe_exit(code)
 
     def _kill(self) -> bool:
         if not self.container_id:

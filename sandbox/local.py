@@ -16,7 +16,7 @@ import sys
 import tempfile
 
 from .limits import Limits
-from .repl import Channel, PipeChannel, ReplSession, driver_source, sandbox_env
+from .repl import Channel, PipeChannel, ReplSession, describe_exit, driver_source, sandbox_env
 
 __all__ = ["DangerousLocalSession"]
 
@@ -48,6 +48,14 @@ class DangerousLocalSession(ReplSession):
             start_new_session=True,
         )
         return PipeChannel(self._process)
+
+    def _death_reason(self) -> str:
+        if self._process is None:
+            return describe_exit(None)
+        try:
+            return describe_exit(self._process.wait(timeout=1))
+        except subprocess.TimeoutExpired:
+            return "the Python process stopped answering"
 
     def _kill(self) -> bool:
         process, self._process = self._process, None

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import select
+import signal
 import socket
 import subprocess
 import threading
@@ -22,7 +23,15 @@ from .base import Execution, SandboxError
 from .driver import HEADER, MAX_FRAME, clean, encode_frame
 from .limits import Limits, MiB
 
-__all__ = ["Channel", "PipeChannel", "ReplSession", "SocketChannel", "driver_source", "sandbox_env"]
+__all__ = [
+    "Channel",
+    "PipeChannel",
+    "ReplSession",
+    "SocketChannel",
+    "describe_exit",
+    "driver_source",
+    "sandbox_env",
+]
 
 STARTUP_TIMEOUT = 60.0
 """Seconds a fresh driver may take to say it is ready."""
@@ -49,6 +58,22 @@ def sandbox_env(limits: Limits) -> dict[str, str]:
         "OMP_NUM_THREADS": threads,
         "MKL_NUM_THREADS": threads,
     }
+
+
+def describe_exit(code: int | None) -> str:
+    """An exit status in words: ``exit status 3``, ``killed by SIGSEGV``."""
+    if code is None:
+        return "the Python process ended"
+    number = -code if code < 0 else code - 128 if code > 128 else 0
+    if not number:
+        return f"exit status {code}"
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        return f"exit status {code}"
+    if number == signal.SIGKILL:
+        return "killed by SIGKILL: most likely the memory limit was reached"
+    return f"killed by {name}"
 
 
 class Channel(ABC):

@@ -156,6 +156,8 @@ def test_killing_pid1_and_the_driver(session):
     assert "NameError" in (session.run("x").error or "")
     ex = session.run("import os\nos._exit(3)")
     assert ex.restarted and "exit status 3" in ex.output
+    ex = session.run("import ctypes\nctypes.string_at(0)")  # a segfault of the interpreter
+    assert ex.restarted and "SIGSEGV" in ex.output, ex.output
     assert_answers(session)
 
 
