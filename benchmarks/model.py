@@ -76,6 +76,7 @@ def bytes_per_token(cfg: ModelConfig, context: int) -> int:
     return cfg.num_hidden_layers * per_layer + 2 * cfg.vocab_size * h + kv
 
 
+@torch.inference_mode()
 def fill_cache(engine: LocalEngine, length: int) -> None:
     """Bring the cache to ``length`` positions of random keys/values (synthetic context)."""
     engine.reset()

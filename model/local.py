@@ -73,7 +73,7 @@ class LocalEngine:
         self.cached_tokens: list[int] = []
         """Tokens whose keys and values are in ``cache`` (in order)."""
         self.last_stats = GenerationStats()
-        self._busy = False
+        self._epoch = 0
 
     @classmethod
     def from_checkpoint(
@@ -99,11 +99,13 @@ class LocalEngine:
         """One line: what was loaded."""
         cfg, m = self.model.config, self.model
         fmt = self.checkpoint.format if self.checkpoint else "in-memory"
-        size = f", {self.checkpoint.nbytes / 2**30:.2f} GiB on disk" if self.checkpoint else ""
+        weights = _size(self.model.weight_bytes())
+        size = f", {_size(self.checkpoint.nbytes)} on disk" if self.checkpoint else ""
         return (
             f"gpt-oss ({fmt}): {cfg.num_hidden_layers} layers, {cfg.num_experts} experts "
             f"(top {cfg.experts_per_token}), vocab {cfg.vocab_size}, weights {str(m.embedding.dtype).removeprefix('torch.')}, "
-            f"compute {str(m.compute_dtype).removeprefix('torch.')}, device {m.device}{size}"
+            f"compute {str(m.compute_dtype).removeprefix('torch.')}, device {m.device}, "
+            f"{weights} of weights in memory (experts packed){size}"
         )
 
     # ---- the steps -------------------------------------------------------------------------
@@ -173,41 +175,40 @@ class LocalEngine:
     def _generate(
         self, prompt: list[int], stop: frozenset[int], sampling: Sampling, max_tokens: int | None
     ) -> Iterator[int]:
-        if self._busy:
-            raise RuntimeError(
-                "LocalEngine.generate is already streaming; finish or close that iterator first"
-            )
-        self._busy = True
-        try:
-            stats = self.last_stats = GenerationStats(prompt_tokens=len(prompt))
-            generator = None
-            if sampling.temperature > 0:
-                generator = torch.Generator()
-                if sampling.seed is not None:
-                    generator.manual_seed(sampling.seed)
-                else:
-                    generator.seed()
-            t0 = time.perf_counter()
-            reused = self._reuse(prompt)
-            stats.reused_tokens = reused
-            stats.prefilled_tokens = len(prompt) - reused
-            logits = self.prefill(prompt[reused:])
-            stats.prefill_seconds = time.perf_counter() - t0
-            limit = self.context_length - len(prompt)
-            if max_tokens is not None:
-                limit = min(limit, max_tokens)
-            t0 = time.perf_counter()
-            for n in range(limit):
-                token = sample(logits, sampling, generator)
-                stats.generated_tokens += 1
-                stats.decode_seconds = time.perf_counter() - t0
-                yield token
-                if token in stop or n + 1 == limit:
-                    break
-                logits = self.decode_one(token)
+        # A newer call takes the cache over; an abandoned iterator of an older call then just ends.
+        self._epoch += 1
+        epoch = self._epoch
+        stats = self.last_stats = GenerationStats(prompt_tokens=len(prompt))
+        generator = None
+        if sampling.temperature > 0:
+            generator = torch.Generator()
+            if sampling.seed is not None:
+                generator.manual_seed(sampling.seed)
+            else:
+                generator.seed()
+        t0 = time.perf_counter()
+        reused = self._reuse(prompt)
+        stats.reused_tokens = reused
+        stats.prefilled_tokens = len(prompt) - reused
+        logits = self.prefill(prompt[reused:])
+        stats.prefill_seconds = time.perf_counter() - t0
+        limit = self.context_length - len(prompt)
+        if max_tokens is not None:
+            limit = min(limit, max_tokens)
+        t0 = time.perf_counter()
+        for n in range(limit):
+            token = sample(logits, sampling, generator)
+            stats.generated_tokens += 1
             stats.decode_seconds = time.perf_counter() - t0
-        finally:
-            self._busy = False
+            yield token
+            if token in stop or n + 1 == limit or self._epoch != epoch:
+                break
+            logits = self.decode_one(token)
+        stats.decode_seconds = time.perf_counter() - t0
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _rich_progress() -> tuple[Callable[[int, int, str], None], Callable[[], None]]:
@@ -261,7 +262,7 @@ def load_engine(
             close()
         from rich.console import Console
 
-        Console(stderr=True).print(engine.summary(), highlight=False)
+        Console(stderr=True).print(engine.summary(), highlight=False, soft_wrap=True)
         return engine
     callback = progress if callable(progress) else None
     return LocalEngine.from_checkpoint(target, device=device, dtype=dtype, progress=callback)

@@ -186,6 +186,10 @@ def expert_linear(w: ExpertWeight, e: int, x: torch.Tensor, bias: torch.Tensor) 
     return linear(x, w[e], bias)
 
 
+def _expert_tensors(w: ExpertWeight) -> list[torch.Tensor]:
+    return [w.blocks, w.scales] if isinstance(w, MXFP4Experts) else [w]
+
+
 class MLPBlock(nn.Module):
     def __init__(
         self, config: ModelConfig, weights: dict[str, torch.Tensor], mlp1: ExpertWeight, mlp2: ExpertWeight
@@ -252,6 +256,17 @@ class Transformer(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.embedding.device
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights the model holds (MXFP4 experts counted packed)."""
+        dense = sum(b.numel() * b.element_size() for b in self.buffers())
+        packed = sum(
+            t.numel() * t.element_size()
+            for m in self.mlp
+            for w in (m.mlp1, m.mlp2)
+            for t in _expert_tensors(w)
+        )
+        return dense + packed
 
     def new_cache(self, margin: int = 128) -> KVCache:
         """An empty cache; sliding layers keep ``sliding_window + margin`` positions."""

@@ -141,6 +141,17 @@ def test_seeded_sampling_is_reproducible_and_top_p_narrows(engine):
     )
 
 
+def test_an_abandoned_stream_does_not_block_the_next_call(engine):
+    ids = prompt(50, seed=8)
+    first = engine.generate(ids, sampling=GREEDY, max_tokens=10)
+    a = [next(first), next(first)]
+    b = list(engine.generate([*ids, *a], sampling=GREEDY, max_tokens=3))
+    assert engine.last_stats.reused_tokens == 51  # the prompt and the first token, which was run
+    assert list(first) == []  # the old stream ends instead of corrupting the cache
+    engine.reset()
+    assert b == list(engine.generate([*ids, *a], sampling=GREEDY, max_tokens=3))
+
+
 def test_bad_prompts_raise(engine):
     with pytest.raises(ValueError, match="empty"):
         engine.generate([])
