@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 from _sandbox_support import BACKENDS, SMALL, open_backend
@@ -157,3 +158,25 @@ def test_libraries_a_model_reaches_for(backend):
         )
         ex = s.run(code, timeout=60)
         assert ex.value == "(45, 'x**2/2', 2)", ex.output
+
+
+def test_sessions_are_independent_and_run_in_parallel(backend):
+    with open_backend(backend) as a, open_backend(backend) as b:
+        a.run("x = 'a'\nopen('/mnt/data/who', 'w').write('a')")
+        assert "NameError" in (b.run("x").error or "")
+        assert b.run("import os; os.path.exists('/mnt/data/who')").value == "False"
+        results: dict[str, Execution] = {}
+
+        def sleepy(name, s):
+            results[name] = s.run(
+                "import time; t = time.monotonic(); time.sleep(1); round(time.monotonic() - t)"
+            )
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=sleepy, args=(n, s)) for n, s in (("a", a), ("b", b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results["a"].value == results["b"].value == "1"
+        assert time.monotonic() - started < 1.9
