@@ -359,3 +359,13 @@ def test_each_step_prefills_only_new_tokens_on_the_real_engine(enc, tiny_engine)
     dropped_at = next(i for i, (a, b) in enumerate(zip(prompts[2], prompts[3], strict=False)) if a != b)
     assert stats[3].reused_tokens == dropped_at
     assert stats[3].prefilled_tokens == len(prompts[3]) - dropped_at
+
+
+def test_a_full_context_ends_the_run(enc):
+    agent, engine = make(enc, [call("functions.add", '{"a": 1, "b": 2}'), final("never")], [add])
+    engine.context_length = 10_000
+    agent.run("warm up")  # fits
+    engine.context_length = len(engine.prompts[-1]) + 1  # the next prompt is longer than this
+    engine.responses.append(final("x"))
+    result = agent.run("and now?")
+    assert result.stop_reason is StopReason.CONTEXT and result.steps == 1 and result.answer == ""
