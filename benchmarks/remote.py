@@ -7,9 +7,10 @@ Three measurements:
 
 1. tokens/s of 1 and of N concurrent greedy generation streams through ``RemoteEngine``
    (``agenerate`` over one pooled client, so vLLM batches them), each stream a distinct
-   harmony-shaped prompt, the way N agents share one server;
+   harmony-shaped prompt; and of 1 and N concurrent ``Agent`` runs (``arun``) sharing one
+   ``RemoteEngine``, the way N agents share one server;
 2. the same work on ``LocalEngine`` with the same checkpoint (one stream at a time: it has one
-   KV cache, so N streams run back to back);
+   KV cache, so N streams or agent runs go back to back);
 3. the client's overhead per token: ``RemoteEngine`` reading pre-made vLLM stream events from a
    local HTTP server that sends them as fast as the socket takes them, against plain httpx
    reading the same bytes line by line.
@@ -100,6 +101,36 @@ def bench_local(checkpoint: str, streams: int, tokens: int) -> dict[str, Any]:
             generated += sum(1 for _ in engine.generate(p, sampling=GREEDY, max_tokens=tokens))
         seconds = time.perf_counter() - start
         out[f"{n}_streams"] = {"tokens": generated, "seconds": seconds, "tokens_per_s": generated / seconds}
+    return out
+
+
+def bench_agents(engine: Any, streams: int, tokens: int, concurrent: bool) -> dict[str, Any]:
+    """Whole agent runs (render, generate, parse): 1, then ``streams`` of them, concurrent or back to back.
+
+    The checkpoint is random, so each run generates until its ``max_tokens`` budget (or the parser
+    gives up on the noise); the number that matters is tokens through the whole loop per second.
+    """
+    from gptoss_agent.agent import Agent
+
+    def agent() -> Agent:
+        return Agent(engine, reasoning_effort="low", max_tokens=tokens, max_steps=1, date="2026-01-01")
+
+    tasks = [f"Task {i}: summarise the rules of chess." for i in range(streams)]
+    agent().run("warm up")
+    out = {}
+    for n in (1, streams):
+        start = time.perf_counter()
+        if concurrent:
+
+            async def all_runs(n: int = n) -> list[Any]:
+                return await asyncio.gather(*(agent().arun(t) for t in tasks[:n]))
+
+            results = asyncio.run(all_runs())
+        else:
+            results = [agent().run(t) for t in tasks[:n]]
+        seconds = time.perf_counter() - start
+        generated = sum(r.usage.generated_tokens for r in results)
+        out[f"{n}_agents"] = {"tokens": generated, "seconds": seconds, "tokens_per_s": generated / seconds}
     return out
 
 
@@ -227,16 +258,22 @@ def main() -> None:
     }
     if args.url:
         results["remote_vllm"] = bench_remote(args.url, args.streams, args.tokens)
+        with RemoteEngine(args.url) as remote:
+            results["remote_vllm_agents"] = bench_agents(remote, args.streams, args.tokens, concurrent=True)
     if args.checkpoint:
+        from gptoss_agent.model import LocalEngine
+
         results["local_engine"] = bench_local(args.checkpoint, args.streams, args.tokens)
+        local = LocalEngine.from_checkpoint(args.checkpoint, device="cpu", dtype="float32")
+        results["local_engine_agents"] = bench_agents(local, args.streams, args.tokens, concurrent=False)
     results["client"] = bench_client(args.client_tokens)
 
-    print("| engine | streams | tokens | seconds | tokens/s |\n|---|---|---|---|---|")
-    for name in ("remote_vllm", "local_engine"):
+    print("| engine | work | tokens | seconds | tokens/s |\n|---|---|---|---|---|")
+    for name in ("remote_vllm", "local_engine", "remote_vllm_agents", "local_engine_agents"):
         for key, row in results.get(name, {}).items():
-            streams = key.split("_")[0]
+            engine, work = name.removesuffix("_agents"), key.replace("_", " ")
             print(
-                f"| {name} | {streams} | {row['tokens']} | {row['seconds']:.2f} | {row['tokens_per_s']:.1f} |"
+                f"| {engine} | {work} | {row['tokens']} | {row['seconds']:.2f} | {row['tokens_per_s']:.1f} |"
             )
     c = results["client"]
     print(
