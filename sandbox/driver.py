@@ -245,11 +245,6 @@ class Driver:
                         break
                     self.recorder.add(name, decoder.decode(data))
 
-    def _drain(self) -> None:
-        """Collect what children wrote just before the cell ended."""
-        time.sleep(0.001)
-        self.collect_pipes()
-
     def _reset_fds(self) -> None:
         null = os.open(os.devnull, os.O_RDONLY)
         if null != 0:
@@ -319,7 +314,7 @@ class Driver:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-        self._drain()
+        self.collect_pipes()  # what subprocesses wrote before the cell ended
         tail, cut = self.recorder.finish()
         self.send({"type": "done", "tail": tail, "cut": cut, "value": value, "error": error})
 
