@@ -309,8 +309,14 @@ class RemoteEngine:
         max_tokens: int | None = None,
         stats: GenerationStats | None = None,
     ) -> Iterator[int]:
-        """Yield generated token ids; stop after a token in ``stop``, ``max_tokens``, or the context end."""
-        call = self._prepare(prompt_ids, stop, sampling, max_tokens, stats)
+        """Stream generated token ids; stops after a token in ``stop``, ``max_tokens``, or the context end.
+
+        The prompt is checked (and the server discovered) at the call; the request starts with
+        the first ``next``.
+        """
+        return self._stream(self._prepare(prompt_ids, stop, sampling, max_tokens, stats))
+
+    def _stream(self, call: _Call) -> Iterator[int]:
         if call.max_tokens == 0:
             return
         client = self._sync_client()

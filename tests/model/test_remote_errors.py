@@ -189,7 +189,7 @@ def test_context_too_long_is_caught_before_sending_and_from_the_server():
 def test_prompt_ids_outside_the_vocabulary_never_reach_the_server():
     with ScriptedServer() as server:
         with pytest.raises(ValueError, match="outside gpt-oss's vocabulary"):
-            list(engine(server.url).generate([1, 201088]))
+            engine(server.url).generate([1, 201088])  # checked at the call, before any iteration
         assert server.completions() == []
 
 
