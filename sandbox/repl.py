@@ -6,7 +6,6 @@ Backends differ only in how they start the driver and how they kill everything i
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import select
@@ -345,6 +344,8 @@ class ReplSession(ABC):
 
     async def arun(self, code: str, timeout: float | None = None) -> Execution:
         """``run`` for async code: the call runs in a worker thread."""
+        import asyncio
+
         return await asyncio.to_thread(self.run, code, timeout)
 
     def _finish(self, head: list[tuple[str, str]], done: dict[str, Any], started: float) -> Execution:
