@@ -135,3 +135,23 @@ def test_resume_needs_a_turn(enc, tmp_path):
     agent = Agent.from_transcript(path, ScriptedEngine([], enc=enc), enc=enc)
     with pytest.raises(ValueError, match="nothing to resume"):
         agent.resume()
+
+
+def test_transcript_matches_the_golden_file(enc, tmp_path):
+    """Byte for byte: the JSON form, the order, and the tool message's author, recipient and channel."""
+    path = tmp_path / "run.jsonl"
+    engine = ScriptedEngine(
+        [
+            call("functions.add", '{"a": 2, "b": "x"}', think="add"),
+            call("functions.add", '{"a": 2, "b": 3}'),
+            final("5"),
+        ],
+        enc=enc,
+    )
+    Agent(engine, [add], enc=enc, date=DATE, instructions="Be exact.", transcript=path).run("2+3?")
+    golden = os.path.join(os.path.dirname(__file__), "golden", "transcript.jsonl")
+    if os.environ.get("UPDATE_GOLDEN"):
+        with open(golden, "w", encoding="utf-8") as f:
+            f.write(path.read_text())
+    with open(golden, encoding="utf-8") as f:
+        assert path.read_text() == f.read()
