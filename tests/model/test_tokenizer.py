@@ -20,8 +20,16 @@ TEXTS = [
 
 
 def test_specials_match_harmony_ids(enc):
-    named = {"<|start|>": 200006, "<|end|>": 200007, "<|message|>": 200008, "<|channel|>": 200005,
-             "<|constrain|>": 200003, "<|return|>": 200002, "<|call|>": 200012, "<|endoftext|>": 199999}
+    named = {
+        "<|start|>": 200006,
+        "<|end|>": 200007,
+        "<|message|>": 200008,
+        "<|channel|>": 200005,
+        "<|constrain|>": 200003,
+        "<|return|>": 200002,
+        "<|call|>": 200012,
+        "<|endoftext|>": 199999,
+    }
     for name, token_id in named.items():
         assert enc.encode_single_token(name) == token_id
     assert SPECIAL_TOKENS["<|reserved_200001|>"] == 200001
@@ -54,9 +62,7 @@ def test_corrupt_file_is_rejected(tmp_path):
 
 def test_tokenizer_json_source(tmp_path, monkeypatch, enc):
     encoder = {b: c for c, b in _byte_decoder().items()}
-    vocab = {
-        "".join(encoder[b] for b in enc.decode_single_token_bytes(rank)): rank for rank in range(199998)
-    }
+    vocab = {"".join(encoder[b] for b in enc.decode_single_token_bytes(rank)): rank for rank in range(199998)}
     vocab["<|start|>"] = 200006
     (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab}}))
     monkeypatch.delenv("TIKTOKEN_ENCODINGS_BASE")
