@@ -24,6 +24,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 from .base import SandboxError
@@ -109,6 +110,7 @@ class _Cgroup:
                     self._make(root / controller / "gptoss-sandbox" / name, wanted)
 
     def _make(self, path: Path, wanted: dict[str, str]) -> None:
+        _reap_cgroups(path.parent)
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError:
@@ -162,6 +164,7 @@ class BubblewrapSession(ReplSession):
                 f"no Python runtime at {self.root / 'usr/bin/python3'} for the bubblewrap sandbox"
             )
         self._process: subprocess.Popen[bytes] | None = None
+        self._finalizer: weakref.finalize | None = None
         self._cgroup: _Cgroup | None = None
         self._uid = os.getuid()
         self.isolation: list[str] = []
@@ -241,6 +244,7 @@ class BubblewrapSession(ReplSession):
         except OSError as exc:
             raise SandboxError(f"cannot start bubblewrap: {exc}") from exc
         self._process = process
+        self._finalizer = weakref.finalize(self, _cleanup, process, cgroup)
         return PipeChannel(process)
 
     def _death_reason(self) -> str:
@@ -253,22 +257,36 @@ class BubblewrapSession(ReplSession):
         return describe_exit(code)
 
     def _kill(self) -> bool:
-        process, self._process = self._process, None
-        if process is not None:
-            # bwrap's --die-with-parent takes the PID namespace's init with it, and the kernel
-            # then kills everything left in that namespace.
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=5)
-        if self._cgroup is not None:
-            self._cgroup.kill_all()
-            self._cgroup.remove()
-            self._cgroup = None
+        # bwrap's --die-with-parent takes the PID namespace's init with it, and the kernel then
+        # kills everything left in that namespace; the cgroup catches any straggler.
+        finalizer, self._finalizer = self._finalizer, None
+        self._process = self._cgroup = None
+        if finalizer is not None:
+            finalizer()
         return False  # /mnt/data lived in bwrap's mount namespace
 
     def _teardown(self) -> None:
         self._kill()
+
+
+def _cleanup(process: subprocess.Popen[bytes], cgroup: _Cgroup | None) -> None:
+    """What a session dropped without ``close()`` leaves: its bwrap and its cgroup."""
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        process.kill()
+        process.wait(timeout=5)
+    if cgroup is not None:
+        cgroup.kill_all()
+        cgroup.remove()
+
+
+def _reap_cgroups(parent: Path) -> None:
+    """Remove the empty cgroups that sessions of processes now gone left behind."""
+    with contextlib.suppress(OSError):
+        for child in parent.iterdir():
+            owner = child.name.split("-", 1)[0]
+            if child.is_dir() and owner.isdigit() and not Path(f"/proc/{owner}").exists():
+                with contextlib.suppress(OSError):
+                    child.rmdir()
 
 
 def _count_processes(uid: int) -> int:
