@@ -51,6 +51,13 @@ def clean(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def cap(text: str, limit: int) -> str:
+    """``text`` whole, or its head and tail with a note of how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit // 2]}\n[... {len(text) - limit} characters cut ...]\n{text[-(limit // 2) :]}"
+
+
 def _read_exact(fd: int, n: int) -> bytes:
     chunks = []
     while n:
@@ -297,12 +304,9 @@ class Driver:
         try:
             result = self.run_cell(request["code"], f"<cell-{self.cells}>")
             if result is not None:
-                value = clean(repr(result))
-                if len(value) > limit:
-                    cut = len(value) - limit
-                    value = f"{value[: limit // 2]}\n[... {cut} characters cut ...]\n{value[-(limit // 2) :]}"
+                value = cap(clean(repr(result)), limit)
         except BaseException as exc:
-            error = self.format_error(exc)
+            error = cap(self.format_error(exc), limit)
         if os.getpid() != self.pid:
             # A child forked by the cell came back here: it must not act as a second driver.
             for stream in (sys.stdout, sys.stderr):

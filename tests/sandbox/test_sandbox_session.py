@@ -77,6 +77,8 @@ def test_long_output_keeps_head_and_tail(any_session):
     assert len(ex.output) < SMALL.output_chars + 200
     ex = any_session.run("'v' * 100000")
     assert ex.value and len(ex.value) < SMALL.output_chars + 200 and "characters cut" in ex.value
+    ex = any_session.run("raise ValueError('e' * 100000)")
+    assert ex.error and len(ex.error) < SMALL.output_chars + 200 and ex.error.startswith("Traceback")
 
 
 def test_invalid_utf8_and_binary_output(any_session):
