@@ -82,10 +82,22 @@ static inline void decode_block(const uint8_t *b, __m256 out[4]) {
     out[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(i1));
     out[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(i1, 8)));
 }
+/* 16 packed bytes -> 32 floats in split order: the 16 low nibbles, then the 16 high nibbles. */
+static inline void decode_block_split(const uint8_t *b, __m256 out[4]) {
+    const __m128i lut = _mm_loadu_si128((const __m128i *)LUT2);
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    __m128i v = _mm_loadu_si128((const __m128i *)b);
+    __m128i lo = _mm_shuffle_epi8(lut, _mm_and_si128(v, mask));
+    __m128i hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(v, 4), mask));
+    out[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+    out[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+    out[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+    out[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+}
 #endif
 
 /* ---- y[t, o] = sum_i W[o, i] x[t, i] + bias[o], W packed MXFP4 (out, G, 16) + (out, G) ---- */
-typedef struct { const uint8_t *blocks, *scales; const float *x, *bias; float *y; int T, out, G; } mx_args;
+typedef struct { const uint8_t *blocks, *scales; const float *x, *bias; float *y; int T, out, G; const float *xperm; } mx_args;
 
 static void mx_rows(void *p, int begin, int end) {
     mx_args *a = (mx_args *)p;
@@ -94,19 +106,37 @@ static void mx_rows(void *p, int begin, int end) {
         const uint8_t *b = a->blocks + (size_t)o * G * 16;
         const uint8_t *s = a->scales + (size_t)o * G;
 #ifdef HAVE_AVX2
-        if (T == 1) {  /* decode: four independent accumulators, the scale folded into the weights */
-            __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
-            const float *x = a->x;
-            for (int g = 0; g < G; g++) {
-                __m256 w[4];
-                decode_block(b + g * 16, w);
-                __m256 sc = _mm256_set1_ps(SCALE[s[g]]);
-                c0 = _mm256_fmadd_ps(_mm256_mul_ps(w[0], sc), _mm256_loadu_ps(x + g * 32), c0);
-                c1 = _mm256_fmadd_ps(_mm256_mul_ps(w[1], sc), _mm256_loadu_ps(x + g * 32 + 8), c1);
-                c2 = _mm256_fmadd_ps(_mm256_mul_ps(w[2], sc), _mm256_loadu_ps(x + g * 32 + 16), c2);
-                c3 = _mm256_fmadd_ps(_mm256_mul_ps(w[3], sc), _mm256_loadu_ps(x + g * 32 + 24), c3);
+        if (T == 1) {  /* decode: x pre-permuted (even positions first), two groups per step */
+            const float *xp = a->xperm;
+            __m256 c0 = _mm256_setzero_ps(), c1 = c0;
+            int g = 0;
+            for (; g + 2 <= G; g += 2) {
+                __m256 w[4], v[4];
+                decode_block_split(b + g * 16, w);
+                decode_block_split(b + g * 16 + 16, v);
+                const float *xa = xp + g * 32, *xb = xa + 32;
+                __m256 d = _mm256_mul_ps(w[0], _mm256_loadu_ps(xa));
+                __m256 e = _mm256_mul_ps(w[1], _mm256_loadu_ps(xa + 8));
+                d = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xa + 16), d);
+                e = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xa + 24), e);
+                __m256 f = _mm256_mul_ps(v[0], _mm256_loadu_ps(xb));
+                __m256 h = _mm256_mul_ps(v[1], _mm256_loadu_ps(xb + 8));
+                f = _mm256_fmadd_ps(v[2], _mm256_loadu_ps(xb + 16), f);
+                h = _mm256_fmadd_ps(v[3], _mm256_loadu_ps(xb + 24), h);
+                c0 = _mm256_fmadd_ps(_mm256_add_ps(d, e), _mm256_set1_ps(SCALE[s[g]]), c0);
+                c1 = _mm256_fmadd_ps(_mm256_add_ps(f, h), _mm256_set1_ps(SCALE[s[g + 1]]), c1);
             }
-            a->y[o] = hsum(_mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3))) + (a->bias ? a->bias[o] : 0.0f);
+            for (; g < G; g++) {
+                __m256 w[4];
+                decode_block_split(b + g * 16, w);
+                const float *xa = xp + g * 32;
+                __m256 d = _mm256_mul_ps(w[0], _mm256_loadu_ps(xa));
+                __m256 e = _mm256_mul_ps(w[1], _mm256_loadu_ps(xa + 8));
+                d = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xa + 16), d);
+                e = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xa + 24), e);
+                c0 = _mm256_fmadd_ps(_mm256_add_ps(d, e), _mm256_set1_ps(SCALE[s[g]]), c0);
+            }
+            a->y[o] = hsum(_mm256_add_ps(c0, c1)) + (a->bias ? a->bias[o] : 0.0f);
             continue;
         }
         for (int t0 = 0; t0 < T; t0 += 8) {  /* tokens in tiles of 8: each block decoded once per tile */
@@ -151,7 +181,14 @@ static void mx_rows(void *p, int begin, int end) {
 void mxfp4_gemv(const uint8_t *blocks, const uint8_t *scales, const float *x, const float *bias, float *y,
                 int T, int out, int G, int nthreads) {
     init_scales();
-    mx_args a = {blocks, scales, x, bias, y, T, out, G};
+    float xperm[T == 1 ? G * 32 : 1];
+    if (T == 1)  /* the order decode_block_split produces: per group, even positions then odd */
+        for (int g = 0; g < G; g++)
+            for (int k = 0; k < 16; k++) {
+                xperm[g * 32 + k] = x[g * 32 + 2 * k];
+                xperm[g * 32 + 16 + k] = x[g * 32 + 2 * k + 1];
+            }
+    mx_args a = {blocks, scales, x, bias, y, T, out, G, xperm};
     parallel_rows(mx_rows, &a, out, nthreads);
 }
 
