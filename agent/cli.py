@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="weights dtype of a local model"
     )
+    p.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="bearer token for a --model server URL (default: $GPTOSS_API_KEY)",
+    )
     p.add_argument("--hide-reasoning", action="store_true", help="do not show the chain of thought")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one JSON result instead of the live view")
@@ -189,8 +194,9 @@ def _load_engine(args: argparse.Namespace, quiet: bool) -> tuple[Any, Any]:
         enc = load_tokenizer(checkpoint=target if local else None)
     except TokenizerNotFound as e:
         raise UserError(str(e).rstrip(".")) from None
+    remote = {} if local else {"api_key": args.api_key}
     try:
-        return load_engine(target, device=args.device, dtype=args.dtype, progress=not quiet), enc
+        return load_engine(target, device=args.device, dtype=args.dtype, progress=not quiet, **remote), enc
     except CheckpointError as e:
         raise UserError(f"cannot load the model from {target}: {e}") from None
     except (ValueError, OSError) as e:
