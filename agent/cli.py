@@ -379,6 +379,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _sentence(text: str) -> str:
+    text = str(text).rstrip()
+    return text if text.endswith((".", "?", "!")) else text + "."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gptoss-agent`` console script."""
     from gptoss_agent.model.remote import RemoteEngineError
@@ -387,13 +392,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(argv)
     except UserError as e:
-        print(f"gptoss-agent: {str(e).rstrip('.')}.", file=sys.stderr)
+        print(f"gptoss-agent: {_sentence(str(e))}", file=sys.stderr)
         return 2
     except SandboxError as e:
-        print(f"gptoss-agent: the Python sandbox failed: {str(e).rstrip('.')}.", file=sys.stderr)
+        print(f"gptoss-agent: the Python sandbox failed: {_sentence(str(e))}", file=sys.stderr)
         return 1
     except RemoteEngineError as e:
-        print(f"gptoss-agent: the model server failed: {str(e).rstrip('.')}.", file=sys.stderr)
+        print(f"gptoss-agent: the model server failed: {_sentence(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("gptoss-agent: interrupted.", file=sys.stderr)
