@@ -361,6 +361,21 @@ def available() -> bool:
     return _library() is not None
 
 
+MATMUL_ROWS = 64
+"""From this many tokens on, an expert is unpacked to float32 and multiplied by BLAS."""
+
+_scratch_buf = threading.local()
+
+
+def _scratch(n: int) -> torch.Tensor:
+    """A float32 buffer of at least ``n`` elements, reused (fresh pages cost more than the unpacking)."""
+    buf = getattr(_scratch_buf, "t", None)
+    if buf is None or buf.numel() < n:
+        buf = torch.empty(n, dtype=torch.float32)
+        _scratch_buf.t = buf
+    return buf[:n]
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -409,7 +424,8 @@ def mxfp4_linear(
 ) -> torch.Tensor | None:
     """``x @ W.T + bias`` with ``W`` packed MXFP4 ``(out, G, 16)`` / ``(out, G)`` on the CPU, or None.
 
-    Rows go through in tiles of 8, each MXFP4 block unpacked once per tile, in registers.
+    Up to ``MATMUL_ROWS`` rows go through in tiles of 8, each MXFP4 block unpacked once per tile in
+    registers; more rows unpack ``W`` once into a reused buffer and use a float32 matmul.
     """
     if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2:
         return None
@@ -420,6 +436,10 @@ def mxfp4_linear(
     blocks, scales = blocks.contiguous(), scales.contiguous()
     b = _cpu_f32(bias)
     out, g, _ = blocks.shape
+    if x.shape[0] >= MATMUL_ROWS:  # many tokens: unpack once into a reused buffer, then a BLAS matmul
+        w = _scratch(out * g * 32).view(out, g * 32)
+        lib.mxfp4_dequant(_ptr(blocks), _ptr(scales), _ptr(w), out, g, _threads())
+        return torch.addmm(b, x, w.T) if b is not None else x @ w.T
     y = torch.empty(x.shape[0], out, dtype=torch.float32)
     lib.mxfp4_gemv(_ptr(blocks), _ptr(scales), _ptr(x), _ptr(b), _ptr(y), x.shape[0], out, g, _threads())
     return y
