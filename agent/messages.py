@@ -14,6 +14,7 @@ set, and openai-harmony ignores the key when it reads such a transcript.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -110,35 +111,6 @@ class ToolDescription:
         return cls(name=raw["name"], description=raw["description"], parameters=raw.get("parameters"))
 
 
-_BROWSER_DESCRIPTION = (
-    "Tool for browsing.\n"
-    "The `cursor` appears in brackets before each browsing display: `[{cursor}]`.\n"
-    "Cite information from the tool using the following format:\n"
-    "`【{cursor}†L{line_start}(-L{line_end})?】`, for example: `【6†L9-L11】` or `【8†L3】`.\n"
-    "Do not quote more than 10 words directly from the tool output.\n"
-    "sources=web (default: web)"
-)
-_BROWSER_OPEN_DESCRIPTION = (
-    "Opens the link `id` from the page indicated by `cursor` starting at line number `loc`, "
-    "showing `num_lines` lines.\n"
-    "Valid link ids are displayed with the formatting: `【{id}†.*】`.\n"
-    "If `cursor` is not provided, the most recent page is implied.\n"
-    "If `id` is a string, it is treated as a fully qualified URL associated with `source`.\n"
-    "If `loc` is not provided, the viewport will be positioned at the beginning of the document "
-    "or centered on the most relevant passage, if available.\n"
-    "Use this function without `id` to scroll to a new location of an opened page."
-)
-_PYTHON_DESCRIPTION = (
-    "Use this tool to execute Python code in your chain of thought. The code will not be shown to "
-    "the user. This tool should be used for internal reasoning, but not for code that is intended "
-    "to be visible to the user (e.g. when creating plots, tables, or files).\n\n"
-    "When you send a message containing Python code to python, it will be executed in a stateful "
-    "Jupyter notebook environment. python will respond with the output of the execution or time out "
-    "after 120.0 seconds. The drive at '/mnt/data' can be used to save and persist user files. "
-    "Internet access for this session is UNKNOWN. Depends on the cluster."
-)
-
-
 @dataclass
 class ToolNamespaceConfig:
     """A namespace of tools as harmony renders it (``namespace functions { ... }``)."""
@@ -149,58 +121,27 @@ class ToolNamespaceConfig:
 
     @staticmethod
     def browser() -> ToolNamespaceConfig:
-        """The built-in browser namespace, exactly as gpt-oss was trained on it."""
+        """The built-in browser namespace, exactly as gpt-oss was trained on it.
+
+        The browser tool owns the text (``gptoss_agent.tools.browser``); the conformance tests hold
+        it equal to openai-harmony's ``ToolNamespaceConfig.browser()``.
+        """
+        from gptoss_agent.tools.browser import DESCRIPTION, FUNCTIONS
+
         return ToolNamespaceConfig(
             name="browser",
-            description=_BROWSER_DESCRIPTION,
-            tools=[
-                ToolDescription(
-                    "search",
-                    "Searches for information related to `query` and displays `topn` results.",
-                    {
-                        "type": "object",
-                        "properties": {
-                            "query": {"type": "string"},
-                            "topn": {"type": "number", "default": 10},
-                            "source": {"type": "string"},
-                        },
-                        "required": ["query"],
-                    },
-                ),
-                ToolDescription(
-                    "open",
-                    _BROWSER_OPEN_DESCRIPTION,
-                    {
-                        "type": "object",
-                        "properties": {
-                            "id": {"type": ["number", "string"], "default": -1},
-                            "cursor": {"type": "number", "default": -1},
-                            "loc": {"type": "number", "default": -1},
-                            "num_lines": {"type": "number", "default": -1},
-                            "view_source": {"type": "boolean", "default": False},
-                            "source": {"type": "string"},
-                        },
-                    },
-                ),
-                ToolDescription(
-                    "find",
-                    "Finds exact matches of `pattern` in the current page, or the page given by `cursor`.",
-                    {
-                        "type": "object",
-                        "properties": {
-                            "pattern": {"type": "string"},
-                            "cursor": {"type": "number", "default": -1},
-                        },
-                        "required": ["pattern"],
-                    },
-                ),
-            ],
+            description=DESCRIPTION,
+            tools=[ToolDescription(f.name, f.description, copy.deepcopy(f.parameters)) for f in FUNCTIONS],
         )
 
     @staticmethod
     def python() -> ToolNamespaceConfig:
-        """The built-in python namespace (free-form code, no functions)."""
-        return ToolNamespaceConfig(name="python", description=_PYTHON_DESCRIPTION, tools=[])
+        """The built-in python namespace (free-form code, no functions), with its 120 s timeout."""
+        from gptoss_agent.tools.python import PYTHON_DESCRIPTION
+
+        return ToolNamespaceConfig(
+            name="python", description=PYTHON_DESCRIPTION.format(timeout=120.0), tools=[]
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
