@@ -263,6 +263,7 @@ class Transformer(nn.Module):
         packed = sum(
             t.numel() * t.element_size()
             for m in self.mlp
+            if isinstance(m, MLPBlock)
             for w in (m.mlp1, m.mlp2)
             for t in _expert_tensors(w)
         )
