@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Debian packages the tests need.
+# Debian packages the tests need: the Docker engine, bubblewrap, debootstrap (the registry-free
+# sandbox image), a C compiler (the CPU kernels of the local model) and curl (vLLM readiness).
 set -euo pipefail
 need=()
-for pkg in docker.io bubblewrap debootstrap; do
+for pkg in docker.io bubblewrap debootstrap gcc libc6-dev curl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
