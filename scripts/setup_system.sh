@@ -3,7 +3,7 @@
 # sandbox image), a C compiler (the CPU kernels of the local model) and curl (vLLM readiness).
 set -euo pipefail
 need=()
-for pkg in docker.io bubblewrap debootstrap gcc libc6-dev curl; do
+for pkg in docker.io tini bubblewrap debootstrap gcc libc6-dev curl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
