@@ -50,6 +50,21 @@ ProgressCallback = Callable[[int, int, str], None]
 """``progress(done, total, what)``: called while loading, in bytes."""
 
 
+HF_LAYER_NAMES = {
+    "attn.norm.scale": "input_layernorm.weight",
+    "attn.sinks": "self_attn.sinks",
+    "attn.out.weight": "self_attn.o_proj.weight",
+    "attn.out.bias": "self_attn.o_proj.bias",
+    "mlp.norm.scale": "post_attention_layernorm.weight",
+    "mlp.gate.weight": "mlp.router.weight",
+    "mlp.gate.bias": "mlp.router.bias",
+    "mlp.mlp1_bias": "mlp.experts.gate_up_proj_bias",
+    "mlp.mlp2_bias": "mlp.experts.down_proj_bias",
+}
+"""Per-layer tensors that only change name between the original format (``block.N.<key>``) and the
+Hugging Face format (``model.layers.N.<value>``)."""
+
+
 class CheckpointError(Exception):
     """The directory is not a usable gpt-oss checkpoint (the message says what is wrong or missing)."""
 
@@ -162,18 +177,7 @@ class Checkpoint:
         if rest in ("attn.qkv.weight", "attn.qkv.bias"):
             kind = parts[-1]
             return torch.cat([self._raw(hf + f"self_attn.{p}_proj.{kind}") for p in "qkv"], dim=0)
-        simple = {
-            "attn.norm.scale": "input_layernorm.weight",
-            "attn.sinks": "self_attn.sinks",
-            "attn.out.weight": "self_attn.o_proj.weight",
-            "attn.out.bias": "self_attn.o_proj.bias",
-            "mlp.norm.scale": "post_attention_layernorm.weight",
-            "mlp.gate.weight": "mlp.router.weight",
-            "mlp.gate.bias": "mlp.router.bias",
-            "mlp.mlp1_bias": "mlp.experts.gate_up_proj_bias",
-            "mlp.mlp2_bias": "mlp.experts.down_proj_bias",
-        }
-        return self._raw(hf + simple[rest])
+        return self._raw(hf + HF_LAYER_NAMES[rest])
 
     def required(self) -> list[str]:
         """Every on-disk tensor name this checkpoint's format and config need."""

@@ -28,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from gptoss_agent.model.checkpoint import HF_LAYER_NAMES
 from gptoss_agent.model.config import PRESETS, ModelConfig
 from gptoss_agent.model.mxfp4 import dequantize
 
@@ -172,18 +173,7 @@ def _to_hf(cfg: ModelConfig, name: str, t: torch.Tensor, mxfp4: bool) -> list[tu
         proj = "gate_up_proj" if "mlp1" in rest else "down_proj"
         suffix = "_blocks" if rest.endswith("blocks") else "_scales"
         return [(b + "mlp.experts." + proj + suffix, t)] if mxfp4 else []
-    simple = {
-        "attn.norm.scale": "input_layernorm.weight",
-        "attn.sinks": "self_attn.sinks",
-        "attn.out.weight": "self_attn.o_proj.weight",
-        "attn.out.bias": "self_attn.o_proj.bias",
-        "mlp.norm.scale": "post_attention_layernorm.weight",
-        "mlp.gate.weight": "mlp.router.weight",
-        "mlp.gate.bias": "mlp.router.bias",
-        "mlp.mlp1_bias": "mlp.experts.gate_up_proj_bias",
-        "mlp.mlp2_bias": "mlp.experts.down_proj_bias",
-    }
-    return [(b + simple[rest], t)]
+    return [(b + HF_LAYER_NAMES[rest], t)]
 
 
 def _hf_stream(cfg: ModelConfig, seed: int, mxfp4: bool) -> Iterator[tuple[str, torch.Tensor]]:
