@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "dequantize_mxfp4", "linear", "mxfp4_linear"]
+__all__ = ["available", "dequantize_mxfp4", "int8_enabled", "linear", "mxfp4_linear"]
 
 _SOURCE = r"""
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <math.h>
 #include <pthread.h>
@@ -192,6 +193,128 @@ void mxfp4_gemv(const uint8_t *blocks, const uint8_t *scales, const float *x, co
     parallel_rows(mx_rows, &a, out, nthreads);
 }
 
+/* ---- decode with int8 activations: y[o] = sum_g 2^(s-128) * dx[g] * sum_k LUT2[w] * qx[k] + bias[o] ----
+ * x is quantized per 32-element group to int8 (dx = max|x| / 127), the nibbles are decoded to int8 by a
+ * table lookup, and the products are summed in integers (maddubs/madd); only the group scale is float.
+ * qx layout per pair of groups (g, g+1), 64 bytes: even positions of g, even of g+1, odd of g, odd of g+1,
+ * the order a 32-byte load of both groups' packed bytes decodes to; an odd last group: even, then odd. */
+typedef struct { const uint8_t *blocks, *scales; const int8_t *qx; const uint8_t *qa; const float *dx, *bias; float *y; int G; } q8_args;
+
+/* Where group g's even (and odd) positions start in qx. */
+static inline int q8_even(int g, int G) { return g % 2 == 0 && g + 1 == G ? g * 32 : (g - g % 2) * 32 + (g % 2) * 16; }
+static inline int q8_odd(int g, int G) { return q8_even(g, G) + (g % 2 == 0 && g + 1 == G ? 16 : 32); }
+
+/* One group in plain C: the integer dot product of its 32 weights (doubled e2m1) and qx. */
+static inline int q8_group(const uint8_t *b, const int8_t *qx, int g, int G) {
+    const int8_t *qe = qx + q8_even(g, G), *qo = qx + q8_odd(g, G);
+    int sum = 0;
+    for (int j = 0; j < 16; j++) sum += LUT2[b[g * 16 + j] & 15] * qe[j] + LUT2[b[g * 16 + j] >> 4] * qo[j];
+    return sum;
+}
+
+#ifdef HAVE_AVX2
+/* Two groups (g, g+1) at once: 8 int32 partial sums, the low 4 for g, the high 4 for g+1.
+ * maddubs multiplies unsigned by signed bytes: |x| (precomputed) times w with x's sign, |sums| <= 2 * 127 * 12. */
+static inline __m256i q8_pair(const uint8_t *b, const int8_t *q, const uint8_t *qa) {
+    const __m256i lut = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)LUT2));
+    const __m256i mask = _mm256_set1_epi8(0x0F);
+    __m256i v = _mm256_loadu_si256((const __m256i *)b);
+    __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, mask));
+    __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), mask));
+    __m256i ae = _mm256_loadu_si256((const __m256i *)qa), ao = _mm256_loadu_si256((const __m256i *)(qa + 32));
+    __m256i se = _mm256_loadu_si256((const __m256i *)q), so = _mm256_loadu_si256((const __m256i *)(q + 32));
+    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(ae, _mm256_sign_epi8(lo, se)),
+                                 _mm256_maddubs_epi16(ao, _mm256_sign_epi8(hi, so)));
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+/* The block scales of groups g..g+3 as floats 2^(s-127) (exponent bits s), each repeated in 4 lanes:
+ * [g x4, g+1 x4] and [g+2 x4, g+3 x4]. Exponent 0 reads as 0 and 255 as inf (2^-127 and 2^128 exactly). */
+static inline void q8_scales4(const uint8_t *s, __m256 *s01, __m256 *s23) {
+    int32_t four;
+    memcpy(&four, s, 4);
+    __m256i v = _mm256_set1_epi32(four);
+    const __m256i c01 = _mm256_setr_epi8(0, -1, -1, -1, 0, -1, -1, -1, 0, -1, -1, -1, 0, -1, -1, -1,
+                                         1, -1, -1, -1, 1, -1, -1, -1, 1, -1, -1, -1, 1, -1, -1, -1);
+    const __m256i c23 = _mm256_add_epi8(c01, _mm256_setr_epi8(2, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0,
+                                                              2, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0));
+    *s01 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_shuffle_epi8(v, c01), 23));
+    *s23 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_shuffle_epi8(v, c23), 23));
+}
+#endif
+
+static void q8_rows(void *p, int begin, int end) {
+    q8_args *a = (q8_args *)p;
+    int G = a->G;
+    const int8_t *qx = a->qx;
+    const float *dx = a->dx;
+    for (int o = begin; o < end; o++) {
+        const uint8_t *b = a->blocks + (size_t)o * G * 16;
+        const uint8_t *s = a->scales + (size_t)o * G;
+        float r = 0.0f;
+        int g = 0;
+#ifdef HAVE_AVX2
+        const uint8_t *qa = a->qa;
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+        for (; g + 4 <= G; g += 4) {  /* two independent pairs per step; dx is pre-halved: 2^(s-127) * dx/2 */
+            __m256 s01, s23;
+            q8_scales4(s + g, &s01, &s23);
+            __m256 f0 = _mm256_cvtepi32_ps(q8_pair(b + g * 16, qx + g * 32, qa + g * 32));
+            __m256 f1 = _mm256_cvtepi32_ps(q8_pair(b + g * 16 + 32, qx + g * 32 + 64, qa + g * 32 + 64));
+            acc0 = _mm256_fmadd_ps(f0, _mm256_mul_ps(s01, _mm256_loadu_ps(dx + g * 4)), acc0);
+            acc1 = _mm256_fmadd_ps(f1, _mm256_mul_ps(s23, _mm256_loadu_ps(dx + g * 4 + 8)), acc1);
+        }
+        if (g + 2 <= G) {
+            __m256 sc = _mm256_set_m128(_mm_set1_ps(SCALE[s[g + 1]]), _mm_set1_ps(SCALE[s[g]]));
+            __m256 f0 = _mm256_cvtepi32_ps(q8_pair(b + g * 16, qx + g * 32, qa + g * 32));
+            acc0 = _mm256_fmadd_ps(f0, _mm256_mul_ps(_mm256_add_ps(sc, sc), _mm256_loadu_ps(dx + g * 4)), acc0);
+            g += 2;
+        }
+        r = hsum(_mm256_add_ps(acc0, acc1));
+#endif
+        for (; g < G; g++) r += (float)q8_group(b, qx, g, G) * (dx[g * 4] * (2.0f * SCALE[s[g]]));
+        a->y[o] = r + (a->bias ? a->bias[o] : 0.0f);
+    }
+}
+
+void mxfp4_gemv_q8(const uint8_t *blocks, const uint8_t *scales, const float *x, const float *bias, float *y,
+                   int out, int G, int nthreads) {
+    init_scales();
+    int8_t qx[G * 32];
+    uint8_t qa[G * 32];  /* |qx| */
+    float dx[G * 4 + 4];  /* each group's scale / 2, four times (one per int32 lane), padded for the pair loads */
+    for (int g = 0; g < G; g++) {
+        const float *xg = x + g * 32;
+        int32_t q[32];
+        float amax = 0.0f;
+#ifdef HAVE_AVX2
+        const __m256 nosign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+        __m256 m = _mm256_setzero_ps();
+        for (int k = 0; k < 32; k += 8) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(xg + k), nosign));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+        __m256 inv8 = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+        for (int k = 0; k < 32; k += 8)  /* rounds to nearest even, as lrintf */
+            _mm256_storeu_si256((__m256i *)(q + k), _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + k), inv8)));
+#else
+        for (int k = 0; k < 32; k++) amax = fmaxf(amax, fabsf(xg[k]));
+        float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        for (int k = 0; k < 32; k++) q[k] = (int32_t)lrintf(xg[k] * inv);
+#endif
+        for (int k = 0; k < 4; k++) dx[g * 4 + k] = amax / 254.0f;
+        int e = q8_even(g, G), od = q8_odd(g, G);
+        for (int k = 0; k < 16; k++) {
+            qx[e + k] = (int8_t)q[2 * k];
+            qx[od + k] = (int8_t)q[2 * k + 1];
+            qa[e + k] = (uint8_t)abs(q[2 * k]);
+            qa[od + k] = (uint8_t)abs(q[2 * k + 1]);
+        }
+    }
+    for (int k = 0; k < 4; k++) dx[G * 4 + k] = 0.0f;
+    q8_args a = {blocks, scales, qx, qa, dx, bias, y, G};
+    parallel_rows(q8_rows, &a, out, nthreads);
+}
+
 /* ---- W (rows, G*32) float32 from MXFP4 ---- */
 typedef struct { const uint8_t *blocks, *scales; float *w; int G; } dq_args;
 
@@ -332,8 +455,9 @@ def _build() -> ctypes.CDLL | None:
     p, i = ctypes.c_void_p, ctypes.c_int
     lib.mxfp4_gemv.argtypes = [p, p, p, p, p, i, i, i, i]
     lib.mxfp4_dequant.argtypes = [p, p, p, i, i, i]
+    lib.mxfp4_gemv_q8.argtypes = [p, p, p, p, p, i, i, i]
     lib.bf16_gemv.argtypes = [p, p, p, p, i, i, i, i]
-    for f in (lib.mxfp4_gemv, lib.mxfp4_dequant, lib.bf16_gemv):
+    for f in (lib.mxfp4_gemv, lib.mxfp4_gemv_q8, lib.mxfp4_dequant, lib.bf16_gemv):
         f.restype = None
     return lib
 
@@ -419,13 +543,28 @@ def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor
     return w
 
 
+def int8_enabled() -> bool:
+    """Whether ``int8=True`` may use int8 activations (``GPTOSS_KERNELS_INT8=0`` turns them off)."""
+    return os.environ.get("GPTOSS_KERNELS_INT8", "1") != "0"
+
+
 def mxfp4_linear(
-    x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None
+    x: torch.Tensor,
+    blocks: torch.Tensor,
+    scales: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    int8: bool = False,
 ) -> torch.Tensor | None:
     """``x @ W.T + bias`` with ``W`` packed MXFP4 ``(out, G, 16)`` / ``(out, G)`` on the CPU, or None.
 
     Up to ``MATMUL_ROWS`` rows go through in tiles of 8, each MXFP4 block unpacked once per tile in
     registers; more rows unpack ``W`` once into a reused buffer and use a float32 matmul.
+
+    ``int8=True`` lets a single row (decoding) be quantized to int8 per 32-element group (scale
+    ``max|x| / 127``) and multiplied in integer arithmetic, about twice as fast and within about
+    0.5% of the exact result (relative to the output's norm): for engines computing with bf16
+    weights, whose own rounding is of that order. The default stays exact to float32 rounding.
     """
     if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2:
         return None
@@ -441,5 +580,8 @@ def mxfp4_linear(
         lib.mxfp4_dequant(_ptr(blocks), _ptr(scales), _ptr(w), out, g, _threads())
         return torch.addmm(b, x, w.T) if b is not None else x @ w.T
     y = torch.empty(x.shape[0], out, dtype=torch.float32)
+    if int8 and x.shape[0] == 1 and int8_enabled():
+        lib.mxfp4_gemv_q8(_ptr(blocks), _ptr(scales), _ptr(x), _ptr(b), _ptr(y), out, g, _threads())
+        return y
     lib.mxfp4_gemv(_ptr(blocks), _ptr(scales), _ptr(x), _ptr(b), _ptr(y), x.shape[0], out, g, _threads())
     return y

@@ -101,3 +101,58 @@ def test_kernel_unpacking_matches_reference_on_every_byte_and_exponent():
     got = kernels.dequantize_mxfp4(blocks, scales)
     assert got is not None
     assert torch.equal(got, dequantize(blocks, scales))
+
+
+def _int8_case(out: int, groups: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Random bytes (every nibble), exponents 100..154, and x whose groups span 2**-8..2**8."""
+    gen = torch.Generator().manual_seed(seed)
+    blocks = torch.randint(0, 256, (out, groups, 16), dtype=torch.uint8, generator=gen)
+    blocks.view(-1, 16)[: 16 * groups] = torch.arange(256, dtype=torch.uint8).view(16, 16).repeat(groups, 1)
+    scales = torch.randint(100, 155, (out, groups), dtype=torch.uint8, generator=gen)
+    group_size = torch.ldexp(torch.ones(groups), torch.randint(-8, 9, (groups,), generator=gen))
+    x = (torch.randn(groups, 32, generator=gen) * group_size[:, None]).view(1, -1)
+    x[0, :7] = 0.0  # a partly zero group
+    if groups > 2:
+        x[0, 32:64] = 0.0  # an all-zero group
+    return blocks, scales, torch.randn(out, generator=gen), x
+
+
+def _quantized(x: torch.Tensor) -> torch.Tensor:
+    """x rounded as the int8 path does: per 32 values, to multiples of max|x| / 127 (ties to even)."""
+    groups = x.double().view(-1, 32)
+    step = groups.abs().amax(dim=1, keepdim=True) / 127
+    return (torch.round(groups / torch.where(step > 0, step, 1)) * step).view(1, -1)
+
+
+@needs_kernels
+@pytest.mark.parametrize("groups", [1, 2, 3, 5, 6, 90])  # odd counts: the single-group tail
+def test_int8_kernel_is_the_exact_product_of_quantized_activations(groups):
+    blocks, scales, bias, x = _int8_case(64, groups, seed=groups)
+    w = dequantize(blocks, scales).double()
+    got = kernels.mxfp4_linear(x, blocks, scales, bias, int8=True)
+    assert got is not None
+    expected = _quantized(x) @ w.T + bias.double()
+    assert (got.double() - expected).norm() <= 1e-6 * expected.norm()
+    exact = x.double() @ w.T + bias.double()
+    # vs the float reference, the error is int8 rounding only: stated bound 1e-2 of the output norm
+    assert (got.double() - exact).norm() <= 1e-2 * exact.norm()
+
+
+@needs_kernels
+def test_int8_is_opt_in_and_switched_off_by_the_environment(monkeypatch):
+    blocks, scales, bias, x = _int8_case(96, 4, seed=7)
+    exact = dequantize(blocks, scales).double()
+    reference = (x.double() @ exact.T + bias.double()).float()
+    for got in (  # the default, several tokens (prefill), and the environment switch all stay exact
+        kernels.mxfp4_linear(x, blocks, scales, bias),
+        kernels.mxfp4_linear(x.repeat(2, 1), blocks, scales, bias, int8=True),
+    ):
+        assert got is not None
+        torch.testing.assert_close(got[:1], reference, atol=1e-5, rtol=1e-5)
+    approx = kernels.mxfp4_linear(x, blocks, scales, bias, int8=True)
+    assert approx is not None and not torch.equal(approx, reference)
+    monkeypatch.setenv("GPTOSS_KERNELS_INT8", "0")
+    assert not kernels.int8_enabled()
+    off = kernels.mxfp4_linear(x, blocks, scales, bias, int8=True)
+    assert off is not None
+    torch.testing.assert_close(off, reference, atol=1e-5, rtol=1e-5)
