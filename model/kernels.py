@@ -256,6 +256,7 @@ static void q8_rows(void *p, int begin, int end) {
         const uint8_t *qa = a->qa;
         __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
         for (; g + 4 <= G; g += 4) {  /* two independent pairs per step; dx is pre-halved: 2^(s-127) * dx/2 */
+            _mm_prefetch((const char *)(b + g * 16 + 1024), _MM_HINT_T0);
             __m256 s01, s23;
             q8_scales4(s + g, &s01, &s23);
             __m256 f0 = _mm256_cvtepi32_ps(q8_pair(b + g * 16, qx + g * 32, qa + g * 32));
