@@ -563,9 +563,10 @@ def mxfp4_linear(
     registers; more rows unpack ``W`` once into a reused buffer and use a float32 matmul.
 
     ``int8=True`` lets a single row (decoding) be quantized to int8 per 32-element group (scale
-    ``max|x| / 127``) and multiplied in integer arithmetic, about twice as fast and within about
-    0.5% of the exact result (relative to the output's norm): for engines computing with bf16
-    weights, whose own rounding is of that order. The default stays exact to float32 rounding.
+    ``max|x| / 127``) and multiplied in integer arithmetic (AVX2), two to three times as fast,
+    within 1% of the exact result relative to the output's norm (typically 0.5%): for engines
+    computing with bf16 weights, not for exact float32 runs. The default stays exact to float32
+    rounding; ``GPTOSS_KERNELS_INT8=0`` makes ``int8=True`` exact too.
     """
     if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2:
         return None
