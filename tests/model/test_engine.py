@@ -44,8 +44,10 @@ def test_is_an_engine(engine):
     assert "3 layers" in engine.summary() and "hf-mxfp4" in engine.summary()
 
 
-def test_bf16_weights_compute_like_fp32(ckpt, engine):
+def test_bf16_weights_compute_like_fp32(ckpt, engine, monkeypatch):
     # the checkpoint's weights are bf16, so widening them is exact: only summation order differs
+    # (with the int8-activation decode kernel off; test_int8_decoding_stays_close covers it)
+    monkeypatch.setenv("GPTOSS_KERNELS_INT8", "0")
     bf16 = LocalEngine.from_checkpoint(ckpt, device="cpu", dtype="bf16")
     ids = prompt(40, seed=9)
     torch.testing.assert_close(
@@ -53,6 +55,19 @@ def test_bf16_weights_compute_like_fp32(ckpt, engine):
     )
     out = list(bf16.generate(ids, sampling=GREEDY, max_tokens=6))
     assert out == list(engine.generate(ids, sampling=GREEDY, max_tokens=6))
+
+
+def test_int8_decoding_stays_close(ckpt, engine):
+    # bf16 mode on the CPU decodes MXFP4 experts with int8 activations: close to fp32, not equal
+    bf16 = LocalEngine.from_checkpoint(ckpt, device="cpu", dtype="bf16")
+    ids = prompt(40, seed=9)
+    for e in (bf16, engine):
+        e.reset()
+        e.prefill(ids[:-1])
+    quantised, exact = bf16.decode_one(ids[-1]), engine.decode_one(ids[-1])
+    scale = exact.abs().max().item()
+    assert (quantised - exact).abs().max().item() < 0.05 * scale
+    assert torch.nn.functional.cosine_similarity(quantised, exact, dim=0).item() > 0.999
 
 
 def test_cached_decode_equals_full_recompute(engine):
