@@ -17,11 +17,35 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
 MODEL = "gpt-oss-scripted"
+
+
+class _LocalServer:
+    """A threaded HTTP server on 127.0.0.1 and a free port, serving while its ``with`` block runs."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 @dataclass
@@ -46,7 +70,7 @@ def _sse(obj: Any) -> bytes:
     return f"data: {json.dumps(obj)}\n\n".encode()
 
 
-class ScriptedServer:
+class ScriptedServer(_LocalServer):
     """A vLLM look-alike on 127.0.0.1 whose completion replies follow a script.
 
     ``replies`` are consumed one per completion request (the last one repeats). Each request's
@@ -68,24 +92,7 @@ class ScriptedServer:
         self.max_model_len = max_model_len
         self.models_status = models_status
         self.probe = probe
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> ScriptedServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(self._handler())
 
     def completions(self) -> list[dict[str, Any]]:
         """Bodies of the completion requests, probe excluded."""
@@ -245,7 +252,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class DroppingProxy:
+class DroppingProxy(_LocalServer):
     """Forwards to ``upstream``; completion streams are cut after ``after_events`` events.
 
     Every other request passes through whole. The cut closes the client's socket without ending
@@ -255,24 +262,7 @@ class DroppingProxy:
     def __init__(self, upstream: str, after_events: int) -> None:
         self.upstream = upstream
         self.after_events = after_events
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> DroppingProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(self._handler())
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         outer = self

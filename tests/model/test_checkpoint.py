@@ -17,12 +17,7 @@ from gptoss_agent.model.random_checkpoint import write_random_checkpoint
 CFG = replace(PRESETS["tiny"].with_layers(2), vocab_size=512)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
