@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "dequantize_mxfp4", "int8_enabled", "linear", "mxfp4_linear"]
+__all__ = ["attention_decode", "available", "dequantize_mxfp4", "int8_enabled", "linear", "mxfp4_linear"]
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -29,6 +29,8 @@ _SOURCE = r"""
 #include <string.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define HAVE_AVX2 1
@@ -44,23 +46,101 @@ static void init_scales(void) {
 
 typedef void (*rows_fn)(void *args, int begin, int end);
 typedef struct { rows_fn fn; void *args; int begin, end; } job_t;
-static void *run_job(void *p) { job_t *j = (job_t *)p; j->fn(j->args, j->begin, j->end); return 0; }
+static void run_job(job_t *j) { if (j->begin < j->end) j->fn(j->args, j->begin, j->end); }
+
+/* ---- a persistent thread pool: starting a thread costs ~90 us here, a decode step makes ~270 calls ----
+ * Workers spin for a while after each job (the next call usually comes within tens of microseconds),
+ * then sleep on a condition variable. One job runs at a time; a forked child starts a fresh pool. */
+#define MAX_THREADS 16
+#define SPIN_SECONDS 3e-4
+static pthread_mutex_t pool_job = PTHREAD_MUTEX_INITIALIZER, pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_cv = PTHREAD_COND_INITIALIZER;
+static atomic_uint pool_gen;
+static atomic_int pool_left;
+static int pool_workers, pool_n, pool_atfork;
+static job_t pool_jobs[MAX_THREADS];
+
+static double mono(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+typedef struct { int id; unsigned seen; } worker_t;
+static worker_t worker_args[MAX_THREADS];
+
+static void *pool_worker(void *p) {
+    int id = ((worker_t *)p)->id;
+    unsigned seen = ((worker_t *)p)->seen, g;
+    for (;;) {
+        double t0 = mono();
+        int spins = 0;
+        while ((g = atomic_load_explicit(&pool_gen, memory_order_acquire)) == seen) {
+            cpu_relax();
+            if (++spins % 256 == 0 && mono() - t0 > SPIN_SECONDS) {
+                pthread_mutex_lock(&pool_mu);
+                while (atomic_load_explicit(&pool_gen, memory_order_acquire) == seen) pthread_cond_wait(&pool_cv, &pool_mu);
+                pthread_mutex_unlock(&pool_mu);
+            }
+        }
+        seen = g;
+        if (id < pool_n) run_job(&pool_jobs[id]);
+        atomic_fetch_sub_explicit(&pool_left, 1, memory_order_acq_rel);
+    }
+    return 0;
+}
+static void pool_after_fork(void) {  /* the child has no workers; its locks may be held by dead threads */
+    pool_workers = 0;
+    pthread_mutex_init(&pool_job, 0);
+    pthread_mutex_init(&pool_mu, 0);
+    pthread_cond_init(&pool_cv, 0);
+}
 
 /* Split rows [0, n) over nthreads threads (the caller runs the first share). */
 static void parallel_rows(rows_fn fn, void *args, int n, int nthreads) {
-    if (nthreads < 1) nthreads = 1;
-    if (nthreads > 16) nthreads = 16;
-    if (n < 64 * nthreads) nthreads = 1;
-    pthread_t th[16];
-    job_t jobs[16];
-    int chunk = (n + nthreads - 1) / nthreads;
-    for (int i = 0; i < nthreads; i++) {
-        jobs[i].fn = fn; jobs[i].args = args;
-        jobs[i].begin = i * chunk; jobs[i].end = (i + 1) * chunk < n ? (i + 1) * chunk : n;
+    if (nthreads > n) nthreads = n;
+    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
+    int chunk = nthreads > 1 ? (n + nthreads - 1) / nthreads : n;
+    if (nthreads <= 1) {
+        job_t j = {fn, args, 0, n};
+        run_job(&j);
+        return;
     }
-    for (int i = 1; i < nthreads; i++) pthread_create(&th[i], 0, run_job, &jobs[i]);
-    run_job(&jobs[0]);
-    for (int i = 1; i < nthreads; i++) pthread_join(th[i], 0);
+    pthread_mutex_lock(&pool_job);
+    if (!pool_atfork) pool_atfork = !pthread_atfork(0, 0, pool_after_fork);
+    while (pool_workers < nthreads - 1) {
+        worker_t *w = &worker_args[pool_workers];
+        w->id = pool_workers + 1;
+        w->seen = atomic_load(&pool_gen);
+        pthread_t th;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int failed = pthread_create(&th, &attr, pool_worker, w);
+        pthread_attr_destroy(&attr);
+        if (failed) break;
+        pool_workers++;
+    }
+    if (nthreads > pool_workers + 1) nthreads = pool_workers + 1;
+    for (int i = 0; i < nthreads; i++) {
+        pool_jobs[i].fn = fn; pool_jobs[i].args = args;
+        pool_jobs[i].begin = i * chunk < n ? i * chunk : n;
+        pool_jobs[i].end = (i + 1) * chunk < n ? (i + 1) * chunk : n;
+    }
+    if (nthreads * chunk < n) pool_jobs[nthreads - 1].end = n;  /* fewer workers than asked: the last takes the rest */
+    pool_n = nthreads;
+    atomic_store_explicit(&pool_left, pool_workers, memory_order_release);
+    pthread_mutex_lock(&pool_mu);
+    atomic_fetch_add_explicit(&pool_gen, 1, memory_order_acq_rel);
+    pthread_cond_broadcast(&pool_cv);
+    pthread_mutex_unlock(&pool_mu);
+    run_job(&pool_jobs[0]);
+    while (atomic_load_explicit(&pool_left, memory_order_acquire) > 0) cpu_relax();
+    pthread_mutex_unlock(&pool_job);
 }
 
 #ifdef HAVE_AVX2
@@ -190,7 +270,7 @@ void mxfp4_gemv(const uint8_t *blocks, const uint8_t *scales, const float *x, co
                 xperm[g * 32 + 16 + k] = x[g * 32 + 2 * k + 1];
             }
     mx_args a = {blocks, scales, x, bias, y, T, out, G, xperm};
-    parallel_rows(mx_rows, &a, out, nthreads);
+    parallel_rows(mx_rows, &a, out, out < 64 * nthreads ? 1 : nthreads);
 }
 
 /* ---- decode with int8 activations: y[o] = sum_g 2^(s-128) * dx[g] * sum_k LUT2[w] * qx[k] + bias[o] ----
@@ -313,7 +393,7 @@ void mxfp4_gemv_q8(const uint8_t *blocks, const uint8_t *scales, const float *x,
     }
     for (int k = 0; k < 4; k++) dx[G * 4 + k] = 0.0f;
     q8_args a = {blocks, scales, qx, qa, dx, bias, y, G};
-    parallel_rows(q8_rows, &a, out, nthreads);
+    parallel_rows(q8_rows, &a, out, out < 64 * nthreads ? 1 : nthreads);
 }
 
 /* ---- W (rows, G*32) float32 from MXFP4 ---- */
@@ -344,7 +424,7 @@ static void dq_rows(void *p, int begin, int end) {
 void mxfp4_dequant(const uint8_t *blocks, const uint8_t *scales, float *w, int rows, int G, int nthreads) {
     init_scales();
     dq_args a = {blocks, scales, w, G};
-    parallel_rows(dq_rows, &a, rows, nthreads);
+    parallel_rows(dq_rows, &a, rows, rows < 64 * nthreads ? 1 : nthreads);
 }
 
 /* ---- y[t, o] = sum_i W[o, i] x[t, i] + bias[o], W bf16 (out, in) ---- */
@@ -408,7 +488,112 @@ static void bf_rows(void *p, int begin, int end) {
 
 void bf16_gemv(const uint16_t *w, const float *x, const float *bias, float *y, int T, int out, int in, int nthreads) {
     bf_args a = {w, x, bias, y, T, out, in};
-    parallel_rows(bf_rows, &a, out, nthreads);
+    parallel_rows(bf_rows, &a, out, out < 64 * nthreads ? 1 : nthreads);
+}
+
+/* ---- one query row of grouped-query attention with a sink logit per head ----
+ * q (n_kv * rep, d), k and v (rows, n_kv, d), keys [first, rows) visible; out (n_kv * rep, d).
+ * Online softmax over tiles of keys (the sink starts the running max with an empty value). */
+typedef struct { const float *q, *k, *v, *sinks; float *out; int first, rows, n_kv, rep, d; float scale; } at_args;
+
+#define AT_TILE 32
+#ifdef HAVE_AVX2
+/* e^x for x <= 0 (Cephes' polynomial; relative error ~2e-7); below -87 it flushes towards 0. */
+static inline __m256 exp_neg(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    __m256 fx = _mm256_round_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)),
+                                _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+#endif
+
+static void at_groups(void *p, int begin, int end) {
+    at_args *a = (at_args *)p;
+    int d = a->d, rep = a->rep, stride = a->n_kv * d;
+    float acc[rep * d], m[rep], l[rep], sc[rep * AT_TILE];
+    for (int g = begin; g < end; g++) {
+        const float *q = a->q + (size_t)g * rep * d;
+        for (int r = 0; r < rep; r++) {
+            m[r] = a->sinks[g * rep + r];
+            l[r] = 1.0f;
+        }
+        memset(acc, 0, sizeof(acc));
+        for (int s0 = a->first; s0 < a->rows; s0 += AT_TILE) {
+            int n = a->rows - s0 < AT_TILE ? a->rows - s0 : AT_TILE;
+            const float *k = a->k + (size_t)s0 * stride + g * d, *v = a->v + (size_t)s0 * stride + g * d;
+            for (int r = 0; r < rep; r++) {
+                const float *qr = q + r * d;
+                float *sr = sc + r * AT_TILE, mt = m[r];
+                for (int j = 0; j < n; j++) {
+                    const float *kj = k + (size_t)j * stride;
+                    float dot = 0.0f;
+                    int i = 0;
+#ifdef HAVE_AVX2
+                    __m256 c0 = _mm256_setzero_ps(), c1 = c0;
+                    for (; i + 16 <= d; i += 16) {
+                        c0 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + i), _mm256_loadu_ps(kj + i), c0);
+                        c1 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + i + 8), _mm256_loadu_ps(kj + i + 8), c1);
+                    }
+                    dot = hsum(_mm256_add_ps(c0, c1));
+#endif
+                    for (; i < d; i++) dot += qr[i] * kj[i];
+                    sr[j] = dot * a->scale;
+                    mt = sr[j] > mt ? sr[j] : mt;
+                }
+                float corr = expf(m[r] - mt), sum = 0.0f;
+                int j = 0;
+#ifdef HAVE_AVX2
+                __m256 s8 = _mm256_setzero_ps(), mt8 = _mm256_set1_ps(mt);
+                for (; j + 8 <= n; j += 8) {
+                    __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(sr + j), mt8));
+                    _mm256_storeu_ps(sr + j, e);
+                    s8 = _mm256_add_ps(s8, e);
+                }
+                sum = hsum(s8);
+#endif
+                for (; j < n; j++) {
+                    sr[j] = expf(sr[j] - mt);
+                    sum += sr[j];
+                }
+                l[r] = l[r] * corr + sum;
+                m[r] = mt;
+                float *ar = acc + r * d;
+                int i = 0;
+#ifdef HAVE_AVX2
+                for (; i + 8 <= d; i += 8) {
+                    __m256 o = _mm256_mul_ps(_mm256_loadu_ps(ar + i), _mm256_set1_ps(corr));
+                    for (int jj = 0; jj < n; jj++)
+                        o = _mm256_fmadd_ps(_mm256_set1_ps(sr[jj]), _mm256_loadu_ps(v + (size_t)jj * stride + i), o);
+                    _mm256_storeu_ps(ar + i, o);
+                }
+#endif
+                for (; i < d; i++) {
+                    float o = ar[i] * corr;
+                    for (int jj = 0; jj < n; jj++) o += sr[jj] * v[(size_t)jj * stride + i];
+                    ar[i] = o;
+                }
+            }
+        }
+        for (int r = 0; r < rep; r++)
+            for (int i = 0; i < d; i++) a->out[((size_t)g * rep + r) * d + i] = acc[r * d + i] / l[r];
+    }
+}
+
+void attention_decode(const float *q, const float *k, const float *v, const float *sinks, float *out,
+                      int first, int rows, int n_kv, int rep, int d, float scale, int nthreads) {
+    at_args a = {q, k, v, sinks, out, first, rows, n_kv, rep, d, scale};
+    /* split the KV heads over threads only when there is enough to read */
+    parallel_rows(at_groups, &a, n_kv, (size_t)(rows - first) * n_kv * d >= 65536 ? nthreads : 1);
 }
 """
 
@@ -458,7 +643,8 @@ def _build() -> ctypes.CDLL | None:
     lib.mxfp4_dequant.argtypes = [p, p, p, i, i, i]
     lib.mxfp4_gemv_q8.argtypes = [p, p, p, p, p, i, i, i]
     lib.bf16_gemv.argtypes = [p, p, p, p, i, i, i, i]
-    for f in (lib.mxfp4_gemv, lib.mxfp4_gemv_q8, lib.mxfp4_dequant, lib.bf16_gemv):
+    lib.attention_decode.argtypes = [p, p, p, p, p, i, i, i, i, i, ctypes.c_float, i]
+    for f in (lib.mxfp4_gemv, lib.mxfp4_gemv_q8, lib.mxfp4_dequant, lib.bf16_gemv, lib.attention_decode):
         f.restype = None
     return lib
 
@@ -587,3 +773,27 @@ def mxfp4_linear(
         return y
     lib.mxfp4_gemv(_ptr(blocks), _ptr(scales), _ptr(x), _ptr(b), _ptr(y), x.shape[0], out, g, _threads())
     return y
+
+
+def attention_decode(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, first: int, scale: float
+) -> torch.Tensor | None:
+    """One query row of grouped-query attention with sinks, on the CPU in float32, or None.
+
+    ``q (n_kv, rep, d)``, ``k, v (S, n_kv, d)``, ``sinks (n_kv, rep)``; keys ``first..S`` are
+    visible. Returns ``(1, n_kv * rep * d)``. One pass over the keys with an online softmax:
+    no score matrix, no mask, no copies of the cache.
+    """
+    if q.device.type != "cpu" or not (q.dtype == k.dtype == v.dtype == torch.float32):
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    n_kv, rep, d = q.shape
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    s = _cpu_f32(sinks)
+    out = torch.empty(1, n_kv * rep * d, dtype=torch.float32)
+    lib.attention_decode(
+        _ptr(q), _ptr(k), _ptr(v), _ptr(s), _ptr(out), first, k.shape[0], n_kv, rep, d, scale, _threads()
+    )
+    return out

@@ -110,6 +110,11 @@ def attention(
     t, n_kv, rep, d = q.shape
     s = k.shape[0]
     scale = 1.0 / math.sqrt(d)
+    if t == 1:  # decoding: keys from the window's start (or the first) up to the query are visible
+        first = 0 if window is None else max(0, q_start - window + 1 - k_start)
+        fast = kernels.attention_decode(q[0], k, v, sinks, first, scale)
+        if fast is not None:
+            return fast
     k_pos = torch.arange(k_start, k_start + s, device=q.device)
     sink = sinks.to(q.dtype)[:, :, None, None]  # (n_kv, rep, 1, 1)
     step = max(1, block_elems // max(1, n_kv * rep * s))
