@@ -14,7 +14,7 @@ needs_kernels = pytest.mark.skipif(
 
 def reference(q, k, v, sinks, first):
     """q (n_kv, rep, d), k/v (S, n_kv, d): softmax over [scores of keys first.., sink], sink value 0."""
-    n_kv, rep, d = q.shape
+    d = q.shape[-1]
     scores = torch.einsum("grd,sgd->grs", q.double(), k[first:].double()) / math.sqrt(d)
     scores = torch.cat([scores, sinks.double()[:, :, None]], dim=-1)
     w = torch.softmax(scores, dim=-1)[..., :-1]
