@@ -1,6 +1,7 @@
 """Benchmark the local engine on a gpt-oss-20b-shaped MXFP4 checkpoint, on the CPU.
 
     python benchmarks/model.py [--checkpoint DIR] [--contexts 128,2048,8192] [--threads N]
+        [--skip-full] [--skip-transformers] [--skip-reference] [--reference-python PY]
 
 Measures, in one run, on this machine:
 
