@@ -1,9 +1,9 @@
 """The KV cache: keys and values of the tokens already run, per layer.
 
-Full-attention layers keep every position. Sliding-window layers keep only what a future query
-can see (the last ``window`` positions) plus a small ``margin``, so that a next prompt which
-rewrites the last few tokens (an agent turn replacing its stop token) can still roll back and
-reuse the cache.
+Full-attention layers keep every position. Sliding-window layers keep what a future query can
+see (the last ``window`` positions) plus a small ``margin``, so that a next prompt which rewrites
+the last few tokens (an agent turn replacing its stop token) can still roll back and reuse the
+cache; they hold up to twice that and drop the excess in one copy when full, not one row a step.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class LayerCache:
         self, n_kv_heads: int, head_dim: int, *, keep: int | None, dtype: torch.dtype, device: torch.device
     ):
         self.keep = keep
-        """Positions retained after each step; None keeps everything (full attention)."""
+        """Positions a sliding layer keeps at least (window + margin); None keeps everything."""
         self.start = 0
         """Absolute position of row 0."""
         self.length = 0
@@ -34,11 +34,17 @@ class LayerCache:
         return self.start + self.length
 
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Append ``k, v (T, n_kv, d)`` at position ``end``; return all keys/values a query may see and their start."""
+        """Append ``k, v (T, n_kv, d)`` at position ``end``; return the cached keys/values and their start.
+
+        The rows returned include every position the new queries may see (a sliding layer may
+        return older ones too: attention masks by position).
+        """
         t = k.shape[0]
+        if self.keep is not None and self.length > self.keep and self.length + t > self._k.shape[0]:
+            self._compact()
         need = self.length + t
         if need > self._k.shape[0]:
-            cap = max(need, 2 * self._k.shape[0], 256)
+            cap = max(need, 2 * self._k.shape[0], 256) if self.keep is None else max(need, 2 * self.keep)
             grown_k = self._k.new_empty(cap, *self._k.shape[1:])
             grown_v = self._v.new_empty(cap, *self._v.shape[1:])
             grown_k[: self.length] = self._k[: self.length]
@@ -47,15 +53,16 @@ class LayerCache:
         self._k[self.length : need] = k
         self._v[self.length : need] = v
         self.length = need
-        keys, values, start = self._k[:need], self._v[:need], self.start
-        if self.keep is not None and self.length > self.keep:
-            drop = self.length - self.keep
-            keys, values = keys.clone(), values.clone()  # this step still sees the dropped rows
-            self._k[: self.keep] = self._k[drop:need].clone()
-            self._v[: self.keep] = self._v[drop:need].clone()
-            self.start += drop
-            self.length = self.keep
-        return keys, values, start
+        return self._k[:need], self._v[:need], self.start
+
+    def _compact(self) -> None:
+        """Drop all but the last ``keep`` rows: once per ``keep`` steps or so, when the buffer is full."""
+        assert self.keep is not None
+        drop = self.length - self.keep
+        self._k[: self.keep] = self._k[drop : self.length].clone()
+        self._v[: self.keep] = self._v[drop : self.length].clone()
+        self.start += drop
+        self.length = self.keep
 
     def truncate(self, end: int, window: int | None) -> bool:
         """Forget positions ``>= end``; False when what a query at ``end`` must see was already dropped."""

@@ -517,8 +517,81 @@ static inline __m256 exp_neg(__m256 x) {
 }
 #endif
 
+#ifdef HAVE_AVX2
+/* Eight vectors -> one vector of their eight horizontal sums, in order. */
+static inline __m256 hsum8(const __m256 v[8]) {
+    __m256 t0 = _mm256_hadd_ps(v[0], v[1]), t1 = _mm256_hadd_ps(v[2], v[3]);
+    __m256 t2 = _mm256_hadd_ps(v[4], v[5]), t3 = _mm256_hadd_ps(v[6], v[7]);
+    __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+/* head_dim 64 (every gpt-oss size), up to eight query heads of one KV group at a time, one head per lane:
+ * the scores of a key for all eight heads form one vector, so the running max, exp and sums are vector ops. */
+static void at_heads64(const at_args *a, int g, int h0, int nh) {
+    const int stride = a->n_kv * 64;
+    static const float zero[64];
+    const float *q[8];
+    float acc[8][64], p[AT_TILE][8], sinks[8], corr_s[8], inv[8];
+    for (int r = 0; r < 8; r++) {
+        q[r] = r < nh ? a->q + ((size_t)g * a->rep + h0 + r) * 64 : zero;
+        sinks[r] = r < nh ? a->sinks[g * a->rep + h0 + r] : 0.0f;
+    }
+    memset(acc, 0, sizeof(acc));
+    __m256 m8 = _mm256_loadu_ps(sinks), l8 = _mm256_set1_ps(1.0f), scale = _mm256_set1_ps(a->scale);
+    for (int s0 = a->first; s0 < a->rows; s0 += AT_TILE) {
+        int n = a->rows - s0 < AT_TILE ? a->rows - s0 : AT_TILE;
+        const float *k = a->k + (size_t)s0 * stride + g * 64, *v = a->v + (size_t)s0 * stride + g * 64;
+        __m256 tmax = m8;
+        for (int j = 0; j < n; j++) {
+            const float *kj = k + (size_t)j * stride;
+            __m256 dot[8];
+            for (int r = 0; r < 8; r++) dot[r] = _mm256_setzero_ps();
+            for (int c = 0; c < 64; c += 8) {
+                __m256 kc = _mm256_loadu_ps(kj + c);
+                for (int r = 0; r < 8; r++) dot[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q[r] + c), kc, dot[r]);
+            }
+            __m256 sc = _mm256_mul_ps(hsum8(dot), scale);
+            _mm256_storeu_ps(p[j], sc);
+            tmax = _mm256_max_ps(tmax, sc);
+        }
+        __m256 corr = exp_neg(_mm256_sub_ps(m8, tmax)), sum = _mm256_setzero_ps();
+        m8 = tmax;
+        for (int j = 0; j < n; j++) {
+            __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(p[j]), m8));
+            _mm256_storeu_ps(p[j], e);
+            sum = _mm256_add_ps(sum, e);
+        }
+        l8 = _mm256_fmadd_ps(l8, corr, sum);
+        _mm256_storeu_ps(corr_s, corr);
+        for (int r = 0; r < nh; r++) {
+            __m256 o[8], cr = _mm256_set1_ps(corr_s[r]);
+            for (int c = 0; c < 8; c++) o[c] = _mm256_mul_ps(_mm256_loadu_ps(acc[r] + 8 * c), cr);
+            for (int j = 0; j < n; j++) {
+                __m256 pj = _mm256_set1_ps(p[j][r]);
+                const float *vj = v + (size_t)j * stride;
+                for (int c = 0; c < 8; c++) o[c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8 * c), o[c]);
+            }
+            for (int c = 0; c < 8; c++) _mm256_storeu_ps(acc[r] + 8 * c, o[c]);
+        }
+    }
+    _mm256_storeu_ps(inv, _mm256_div_ps(_mm256_set1_ps(1.0f), l8));
+    for (int r = 0; r < nh; r++) {
+        float *out = a->out + ((size_t)g * a->rep + h0 + r) * 64;
+        for (int c = 0; c < 64; c += 8) _mm256_storeu_ps(out + c, _mm256_mul_ps(_mm256_loadu_ps(acc[r] + c), _mm256_set1_ps(inv[r])));
+    }
+}
+#endif
+
 static void at_groups(void *p, int begin, int end) {
     at_args *a = (at_args *)p;
+#ifdef HAVE_AVX2
+    if (a->d == 64) {
+        for (int g = begin; g < end; g++)
+            for (int h0 = 0; h0 < a->rep; h0 += 8) at_heads64(a, g, h0, a->rep - h0 < 8 ? a->rep - h0 : 8);
+        return;
+    }
+#endif
     int d = a->d, rep = a->rep, stride = a->n_kv * d;
     float acc[rep * d], m[rep], l[rep], sc[rep * AT_TILE];
     for (int g = begin; g < end; g++) {

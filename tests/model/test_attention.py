@@ -23,9 +23,10 @@ def reference(q, k, v, sinks, first):
 
 @needs_kernels
 @pytest.mark.parametrize("rows,first", [(1, 0), (7, 0), (33, 0), (200, 72), (1000, 871), (4099, 0)])
-def test_decode_kernel_matches_reference(rows, first):
+@pytest.mark.parametrize("n_kv,rep", [(8, 8), (2, 2), (3, 12)])  # 20b/120b, tiny, two head blocks
+def test_decode_kernel_matches_reference(rows, first, n_kv, rep):
     g = torch.Generator().manual_seed(rows)
-    n_kv, rep, d = 8, 8, 64
+    d = 64
     q = torch.randn(n_kv, rep, d, generator=g) * 3  # wide scores: the online max must rescale
     k = torch.randn(rows, n_kv, d, generator=g)
     v = torch.randn(rows, n_kv, d, generator=g)
