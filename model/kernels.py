@@ -746,7 +746,10 @@ def available() -> bool:
 
 
 MATMUL_ROWS = 64
-"""From this many tokens on, an expert is unpacked to float32 and multiplied by BLAS."""
+"""From this many tokens on, weights are widened to float32 (a block at a time) and multiplied by BLAS."""
+
+SCRATCH_ELEMENTS = 1 << 24
+"""Float32 elements widened at a time for BLAS (64 MB; a whole expert or attention matrix fits)."""
 
 _scratch_buf = threading.local()
 
@@ -785,6 +788,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     b = _cpu_f32(bias)
     out, inp = weight.shape
     y = torch.empty(x.shape[0], out, dtype=torch.float32)
+    if x.shape[0] >= MATMUL_ROWS:  # many tokens: widen blocks of rows into a reused buffer, then BLAS
+        step = max(1, SCRATCH_ELEMENTS // inp)
+        for r in range(0, out, step):
+            w = _scratch(min(step, out - r) * inp).view(-1, inp)
+            w.copy_(weight[r : r + step])
+            if b is None:
+                torch.mm(x, w.T, out=y[:, r : r + step])
+            else:
+                torch.addmm(b[r : r + step], x, w.T, out=y[:, r : r + step])
+        return y
     lib.bf16_gemv(_ptr(weight), _ptr(x), _ptr(b), _ptr(y), x.shape[0], out, inp, _threads())
     return y
 

@@ -84,14 +84,17 @@ def test_fused_kernel_matches_unpacked_matmul():
 
 
 @needs_kernels
-def test_bf16_kernel_matches_matmul():
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_bf16_kernel_matches_matmul(monkeypatch, with_bias):
+    monkeypatch.setattr(kernels, "SCRATCH_ELEMENTS", 30 * 96)  # BLAS path in blocks of 30 rows
     w = torch.randn(80, 96).bfloat16()
-    bias = torch.randn(80)
-    for t in (1, 2):
+    bias = torch.randn(80) if with_bias else None
+    for t in (1, 2, 9, 70):  # 70 rows: widened a block at a time, then BLAS
         x = torch.randn(t, 96)
         got = kernels.linear(x, w, bias)
         assert got is not None
-        torch.testing.assert_close(got, x @ w.float().T + bias, atol=1e-5, rtol=1e-5)
+        want = x @ w.float().T + (bias if bias is not None else 0)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 @needs_kernels
