@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["attention_decode", "available", "dequantize_mxfp4", "int8_enabled", "linear", "mxfp4_linear"]
+__all__ = ["attention", "available", "dequantize_mxfp4", "int8_enabled", "linear", "mxfp4_linear"]
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -273,6 +273,117 @@ void mxfp4_gemv(const uint8_t *blocks, const uint8_t *scales, const float *x, co
     parallel_rows(mx_rows, &a, out, out < 64 * nthreads ? 1 : nthreads);
 }
 
+#ifdef HAVE_AVX2
+/* dst[j * dst_stride + i] = src[i * src_stride + j] for an 8 x 8 block (32-byte aligned rows). */
+static inline void transpose8(const float *src, int src_stride, float *dst, int dst_stride) {
+    __m256 r[8], t[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm256_load_ps(src + i * src_stride);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    static const int lo[4] = {0, 1, 2, 3};
+    for (int i = 0; i < 4; i++) {
+        _mm256_store_ps(dst + lo[i] * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+        _mm256_store_ps(dst + (lo[i] + 4) * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+    }
+}
+#endif
+
+/* ---- many tokens: y (T, out) = x (T, in) @ W.T + bias, a packed GEMM that unpacks W a panel at a time ----
+ * Sixteen rows of W are unpacked into a k-major float32 panel (in x 16, in L2) and multiplied with
+ * six tokens at a time, x packed k-major too (in x 6): twelve accumulators, one FMA per weight and token. */
+#define GM_MR 6
+#define GM_NR 16
+typedef struct { const uint8_t *blocks, *scales; const float *xp, *bias; float *y; int T, Tp, out, G; } gm_args;
+
+static void gm_blocks(void *p, int begin, int end) {
+    gm_args *a = (gm_args *)p;
+    int G = a->G, in = G * 32;
+    float *panel = aligned_alloc(32, (size_t)in * GM_NR * sizeof(float));
+    if (!panel) abort();
+    for (int blk = begin; blk < end; blk++) {
+        int o0 = blk * GM_NR, nr = a->out - o0 < GM_NR ? a->out - o0 : GM_NR;
+        for (int g = 0; g < G; g++) {  /* unpack 16 rows x 32 k into the panel, k-major */
+            float row[GM_NR][32] __attribute__((aligned(32)));
+            for (int r = 0; r < GM_NR; r++) {
+                if (r >= nr) { memset(row[r], 0, sizeof(row[r])); continue; }
+                const uint8_t *b = a->blocks + ((size_t)(o0 + r) * G + g) * 16;
+                float sc = SCALE[a->scales[(size_t)(o0 + r) * G + g]];
+#ifdef HAVE_AVX2
+                __m256 w[4];
+                decode_block(b, w);
+                for (int q = 0; q < 4; q++) _mm256_store_ps(row[r] + 8 * q, _mm256_mul_ps(w[q], _mm256_set1_ps(sc)));
+#else
+                for (int j = 0; j < 16; j++) {
+                    row[r][2 * j] = LUT2[b[j] & 15] * sc;
+                    row[r][2 * j + 1] = LUT2[b[j] >> 4] * sc;
+                }
+#endif
+            }
+            float *dst = panel + (size_t)g * 32 * GM_NR;
+#ifdef HAVE_AVX2
+            for (int kb = 0; kb < 32; kb += 8)
+                for (int rb = 0; rb < GM_NR; rb += 8) transpose8(&row[rb][kb], 32, dst + kb * GM_NR + rb, GM_NR);
+#else
+            for (int k = 0; k < 32; k++)
+                for (int r = 0; r < GM_NR; r++) dst[k * GM_NR + r] = row[r][k];
+#endif
+        }
+        for (int t0 = 0; t0 < a->Tp; t0 += GM_MR) {
+            const float *xp = a->xp + (size_t)t0 * in;  /* k-major: xp[k * 6 + t] */
+            float res[GM_MR][GM_NR];
+#ifdef HAVE_AVX2
+            __m256 c[GM_MR][2];
+            for (int t = 0; t < GM_MR; t++) c[t][0] = c[t][1] = _mm256_setzero_ps();
+            for (int k = 0; k < in; k++) {
+                __m256 b0 = _mm256_load_ps(panel + k * GM_NR), b1 = _mm256_load_ps(panel + k * GM_NR + 8);
+                for (int t = 0; t < GM_MR; t++) {
+                    __m256 x = _mm256_broadcast_ss(xp + k * GM_MR + t);
+                    c[t][0] = _mm256_fmadd_ps(x, b0, c[t][0]);
+                    c[t][1] = _mm256_fmadd_ps(x, b1, c[t][1]);
+                }
+            }
+            for (int t = 0; t < GM_MR; t++) {
+                _mm256_storeu_ps(res[t], c[t][0]);
+                _mm256_storeu_ps(res[t] + 8, c[t][1]);
+            }
+#else
+            memset(res, 0, sizeof(res));
+            for (int k = 0; k < in; k++)
+                for (int t = 0; t < GM_MR; t++)
+                    for (int r = 0; r < GM_NR; r++) res[t][r] += xp[k * GM_MR + t] * panel[k * GM_NR + r];
+#endif
+            for (int t = 0; t < GM_MR && t0 + t < a->T; t++)
+                for (int r = 0; r < nr; r++)
+                    a->y[(size_t)(t0 + t) * a->out + o0 + r] = res[t][r] + (a->bias ? a->bias[o0 + r] : 0.0f);
+        }
+    }
+    free(panel);
+}
+
+void mxfp4_gemm(const uint8_t *blocks, const uint8_t *scales, const float *x, const float *bias, float *y,
+                int T, int out, int G, int nthreads) {
+    init_scales();
+    int in = G * 32, Tp = (T + GM_MR - 1) / GM_MR * GM_MR;
+    float *xp = aligned_alloc(32, (size_t)Tp * in * sizeof(float));
+    if (!xp) abort();
+    for (int t0 = 0; t0 < Tp; t0 += GM_MR)  /* pack x k-major per tile of six tokens, zero rows past T */
+        for (int k = 0; k < in; k++)
+            for (int t = 0; t < GM_MR; t++)
+                xp[(size_t)t0 * in + k * GM_MR + t] = t0 + t < T ? x[(size_t)(t0 + t) * in + k] : 0.0f;
+    gm_args a = {blocks, scales, xp, bias, y, T, Tp, out, G};
+    int nblocks = (out + GM_NR - 1) / GM_NR;
+    parallel_rows(gm_blocks, &a, nblocks, nthreads);
+    free(xp);
+}
+
 /* ---- decode with int8 activations: y[o] = sum_g 2^(s-128) * dx[g] * sum_k LUT2[w] * qx[k] + bias[o] ----
  * x is quantized per 32-element group to int8 (dx = max|x| / 127), the nibbles are decoded to int8 by a
  * table lookup, and the products are summed in integers (maddubs/madd); only the group scale is float.
@@ -491,10 +602,13 @@ void bf16_gemv(const uint16_t *w, const float *x, const float *bias, float *y, i
     parallel_rows(bf_rows, &a, out, out < 64 * nthreads ? 1 : nthreads);
 }
 
-/* ---- one query row of grouped-query attention with a sink logit per head ----
- * q (n_kv * rep, d), k and v (rows, n_kv, d), keys [first, rows) visible; out (n_kv * rep, d).
- * Online softmax over tiles of keys (the sink starts the running max with an empty value). */
+/* ---- causal grouped-query attention with a sink logit per head, one query row at a time ----
+ * q (T, n_kv * rep, d), k and v (rows, n_kv, d), out (T, n_kv * rep, d). Query t sits at key row
+ * pos0 + t and sees rows [first, pos0 + t] (first = that minus window - 1, or 0 without a window).
+ * Online softmax over tiles of keys (the sink starts the running max with an empty value); no score
+ * matrix, no mask, no copy of the cache. Jobs are (group, row) pairs, groups outermost. */
 typedef struct { const float *q, *k, *v, *sinks; float *out; int first, rows, n_kv, rep, d; float scale; } at_args;
+typedef struct { at_args a; int T, pos0, window; } at_call;
 
 #define AT_TILE 32
 #ifdef HAVE_AVX2
@@ -583,18 +697,10 @@ static void at_heads64(const at_args *a, int g, int h0, int nh) {
 }
 #endif
 
-static void at_groups(void *p, int begin, int end) {
-    at_args *a = (at_args *)p;
-#ifdef HAVE_AVX2
-    if (a->d == 64) {
-        for (int g = begin; g < end; g++)
-            for (int h0 = 0; h0 < a->rep; h0 += 8) at_heads64(a, g, h0, a->rep - h0 < 8 ? a->rep - h0 : 8);
-        return;
-    }
-#endif
+static void at_group(const at_args *a, int g) {
     int d = a->d, rep = a->rep, stride = a->n_kv * d;
     float acc[rep * d], m[rep], l[rep], sc[rep * AT_TILE];
-    for (int g = begin; g < end; g++) {
+    {
         const float *q = a->q + (size_t)g * rep * d;
         for (int r = 0; r < rep; r++) {
             m[r] = a->sinks[g * rep + r];
@@ -662,11 +768,32 @@ static void at_groups(void *p, int begin, int end) {
     }
 }
 
-void attention_decode(const float *q, const float *k, const float *v, const float *sinks, float *out,
-                      int first, int rows, int n_kv, int rep, int d, float scale, int nthreads) {
-    at_args a = {q, k, v, sinks, out, first, rows, n_kv, rep, d, scale};
-    /* split the KV heads over threads only when there is enough to read */
-    parallel_rows(at_groups, &a, n_kv, (size_t)(rows - first) * n_kv * d >= 65536 ? nthreads : 1);
+static void at_jobs(void *p, int begin, int end) {
+    const at_call *c = (const at_call *)p;
+    size_t row = (size_t)c->a.n_kv * c->a.rep * c->a.d;
+    for (int j = begin; j < end; j++) {
+        int g = j / c->T, t = j % c->T;
+        at_args a = c->a;
+        a.q += t * row;
+        a.out += t * row;
+        a.rows = c->pos0 + t + 1;
+        a.first = c->window > 0 && a.rows > c->window ? a.rows - c->window : 0;
+#ifdef HAVE_AVX2
+        if (a.d == 64) {
+            for (int h0 = 0; h0 < a.rep; h0 += 8) at_heads64(&a, g, h0, a.rep - h0 < 8 ? a.rep - h0 : 8);
+            continue;
+        }
+#endif
+        at_group(&a, g);
+    }
+}
+
+void attention_rows(const float *q, const float *k, const float *v, const float *sinks, float *out,
+                    int T, int pos0, int window, int n_kv, int rep, int d, float scale, int nthreads) {
+    at_call c = {{q, k, v, sinks, out, 0, 0, n_kv, rep, d, scale}, T, pos0, window};
+    /* split over threads only when there is enough to read */
+    int busy = (size_t)T * (pos0 + 1) * n_kv * d >= 65536;
+    parallel_rows(at_jobs, &c, T * n_kv, busy ? nthreads : 1);
 }
 """
 
@@ -715,9 +842,17 @@ def _build() -> ctypes.CDLL | None:
     lib.mxfp4_gemv.argtypes = [p, p, p, p, p, i, i, i, i]
     lib.mxfp4_dequant.argtypes = [p, p, p, i, i, i]
     lib.mxfp4_gemv_q8.argtypes = [p, p, p, p, p, i, i, i]
+    lib.mxfp4_gemm.argtypes = [p, p, p, p, p, i, i, i, i]
     lib.bf16_gemv.argtypes = [p, p, p, p, i, i, i, i]
-    lib.attention_decode.argtypes = [p, p, p, p, p, i, i, i, i, i, ctypes.c_float, i]
-    for f in (lib.mxfp4_gemv, lib.mxfp4_gemv_q8, lib.mxfp4_dequant, lib.bf16_gemv, lib.attention_decode):
+    lib.attention_rows.argtypes = [p, p, p, p, p, i, i, i, i, i, i, ctypes.c_float, i]
+    for f in (
+        lib.mxfp4_gemv,
+        lib.mxfp4_gemm,
+        lib.mxfp4_gemv_q8,
+        lib.mxfp4_dequant,
+        lib.bf16_gemv,
+        lib.attention_rows,
+    ):
         f.restype = None
     return lib
 
@@ -746,10 +881,13 @@ def available() -> bool:
 
 
 MATMUL_ROWS = 64
-"""From this many tokens on, weights are widened to float32 (a block at a time) and multiplied by BLAS."""
+"""From this many tokens on, bf16 weights are widened to float32 (a block at a time) for BLAS."""
+
+GEMM_ROWS = 16
+"""From this many tokens on, MXFP4 weights go through the packed GEMM (below: tiles of 8 in registers)."""
 
 SCRATCH_ELEMENTS = 1 << 24
-"""Float32 elements widened at a time for BLAS (64 MB; a whole expert or attention matrix fits)."""
+"""Float32 elements widened at a time for BLAS (64 MB; a whole attention matrix fits)."""
 
 _scratch_buf = threading.local()
 
@@ -831,8 +969,9 @@ def mxfp4_linear(
 ) -> torch.Tensor | None:
     """``x @ W.T + bias`` with ``W`` packed MXFP4 ``(out, G, 16)`` / ``(out, G)`` on the CPU, or None.
 
-    Up to ``MATMUL_ROWS`` rows go through in tiles of 8, each MXFP4 block unpacked once per tile in
-    registers; more rows unpack ``W`` once into a reused buffer and use a float32 matmul.
+    Up to ``GEMM_ROWS`` rows go through in tiles of 8, each MXFP4 block unpacked once per tile in
+    registers; more rows go through a packed GEMM that unpacks ``W`` sixteen rows at a time into a
+    float32 panel kept in L2 (faster than unpacking all of ``W`` for BLAS at every size measured).
 
     ``int8=True`` lets a single row (decoding) be quantized to int8 per 32-element group (scale
     ``max|x| / 127``) and multiplied in integer arithmetic (AVX2), two to three times as fast,
@@ -849,11 +988,10 @@ def mxfp4_linear(
     blocks, scales = blocks.contiguous(), scales.contiguous()
     b = _cpu_f32(bias)
     out, g, _ = blocks.shape
-    if x.shape[0] >= MATMUL_ROWS:  # many tokens: unpack once into a reused buffer, then a BLAS matmul
-        w = _scratch(out * g * 32).view(out, g * 32)
-        lib.mxfp4_dequant(_ptr(blocks), _ptr(scales), _ptr(w), out, g, _threads())
-        return torch.addmm(b, x, w.T) if b is not None else x @ w.T
     y = torch.empty(x.shape[0], out, dtype=torch.float32)
+    if x.shape[0] >= GEMM_ROWS:
+        lib.mxfp4_gemm(_ptr(blocks), _ptr(scales), _ptr(x), _ptr(b), _ptr(y), x.shape[0], out, g, _threads())
+        return y
     if int8 and x.shape[0] == 1 and int8_enabled():
         lib.mxfp4_gemv_q8(_ptr(blocks), _ptr(scales), _ptr(x), _ptr(b), _ptr(y), out, g, _threads())
         return y
@@ -861,25 +999,35 @@ def mxfp4_linear(
     return y
 
 
-def attention_decode(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, first: int, scale: float
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sinks: torch.Tensor,
+    *,
+    pos0: int,
+    window: int | None,
+    scale: float,
 ) -> torch.Tensor | None:
-    """One query row of grouped-query attention with sinks, on the CPU in float32, or None.
+    """Causal grouped-query attention with sinks, on the CPU in float32, or None.
 
-    ``q (n_kv, rep, d)``, ``k, v (S, n_kv, d)``, ``sinks (n_kv, rep)``; keys ``first..S`` are
-    visible. Returns ``(1, n_kv * rep * d)``. One pass over the keys with an online softmax:
-    no score matrix, no mask, no copies of the cache.
+    ``q (T, n_kv, rep, d)``, ``k, v (S, n_kv, d)``, ``sinks (n_kv, rep)``. Query ``t`` sits at key
+    row ``pos0 + t`` and sees the rows up to it (the last ``window`` of them, if given). Returns
+    ``(T, n_kv * rep * d)``. One pass over the keys per query with an online softmax: no score
+    matrix, no mask, no copies of the cache.
     """
     if q.device.type != "cpu" or not (q.dtype == k.dtype == v.dtype == torch.float32):
         return None
     lib = _library()
     if lib is None:
         return None
-    n_kv, rep, d = q.shape
+    t, n_kv, rep, d = q.shape
+    if pos0 < 0 or pos0 + t > k.shape[0]:
+        raise ValueError(f"queries at rows {pos0}..{pos0 + t - 1} need keys the cache of {k.shape[0]} lacks")
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     s = _cpu_f32(sinks)
-    out = torch.empty(1, n_kv * rep * d, dtype=torch.float32)
-    lib.attention_decode(
-        _ptr(q), _ptr(k), _ptr(v), _ptr(s), _ptr(out), first, k.shape[0], n_kv, rep, d, scale, _threads()
+    out = torch.empty(t, n_kv * rep * d, dtype=torch.float32)
+    lib.attention_rows(
+        _ptr(q), _ptr(k), _ptr(v), _ptr(s), _ptr(out), t, pos0, window or 0, n_kv, rep, d, scale, _threads()
     )
     return out

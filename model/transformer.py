@@ -100,21 +100,38 @@ def attention(
     q_start: int,
     k_start: int,
     window: int | None,
-    block_elems: int = 1 << 24,
 ) -> torch.Tensor:
     """Causal grouped-query attention with a sink logit per head.
 
-    q (T, n_kv, rep, d); k, v (S, n_kv, d); sinks (n_kv, rep). Returns (T, n_kv * rep * d).
+    q (T, n_kv, rep, d) at positions ``q_start..``; k, v (S, n_kv, d) at ``k_start..``, covering
+    every position up to the last query's; sinks (n_kv, rep). Returns (T, n_kv * rep * d). The CPU
+    kernel when it is there (float32), else ``masked_attention``.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    fast = kernels.attention(q, k, v, sinks, pos0=q_start - k_start, window=window, scale=scale)
+    if fast is not None:
+        return fast
+    return masked_attention(q, k, v, sinks, q_start=q_start, k_start=k_start, window=window)
+
+
+def masked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sinks: torch.Tensor,
+    *,
+    q_start: int,
+    k_start: int,
+    window: int | None,
+    block_elems: int = 1 << 24,
+) -> torch.Tensor:
+    """``attention`` in torch ops: a masked score matrix, the sink as an extra column.
+
     Queries go in blocks so that the score matrix stays under ``block_elems`` entries.
     """
     t, n_kv, rep, d = q.shape
     s = k.shape[0]
     scale = 1.0 / math.sqrt(d)
-    if t == 1:  # decoding: keys from the window's start (or the first) up to the query are visible
-        first = 0 if window is None else max(0, q_start - window + 1 - k_start)
-        fast = kernels.attention_decode(q[0], k, v, sinks, first, scale)
-        if fast is not None:
-            return fast
     k_pos = torch.arange(k_start, k_start + s, device=q.device)
     sink = sinks.to(q.dtype)[:, :, None, None]  # (n_kv, rep, 1, 1)
     step = max(1, block_elems // max(1, n_kv * rep * s))

@@ -72,11 +72,11 @@ needs_kernels = pytest.mark.skipif(
 
 @needs_kernels
 def test_fused_kernel_matches_unpacked_matmul():
-    blocks = torch.randint(0, 256, (96, 4, 16), dtype=torch.uint8)
-    scales = torch.randint(118, 124, (96, 4), dtype=torch.uint8)
-    bias = torch.randn(96)
+    blocks = torch.randint(0, 256, (100, 4, 16), dtype=torch.uint8)  # 100 rows: a ragged last panel of 16
+    scales = torch.randint(118, 124, (100, 4), dtype=torch.uint8)
+    bias = torch.randn(100)
     w = dequantize(blocks, scales)
-    for t in (1, 3, 20, 70):  # 70 rows: unpacked once, then a matmul
+    for t in (1, 3, 15, 16, 23, 70):  # from 16 rows on: the packed GEMM (six-token tiles, a ragged last one)
         x = torch.randn(t, 128)
         got = kernels.mxfp4_linear(x, blocks, scales, bias)
         assert got is not None
