@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["attention", "available", "dequantize_mxfp4", "int8_enabled", "linear", "mxfp4_linear"]
+__all__ = ["attention", "available", "int8_enabled", "linear", "mxfp4_linear"]
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -507,37 +507,6 @@ void mxfp4_gemv_q8(const uint8_t *blocks, const uint8_t *scales, const float *x,
     parallel_rows(q8_rows, &a, out, out < 64 * nthreads ? 1 : nthreads);
 }
 
-/* ---- W (rows, G*32) float32 from MXFP4 ---- */
-typedef struct { const uint8_t *blocks, *scales; float *w; int G; } dq_args;
-
-static void dq_rows(void *p, int begin, int end) {
-    dq_args *a = (dq_args *)p;
-    for (int o = begin; o < end; o++) {
-        for (int g = 0; g < a->G; g++) {
-            const uint8_t *b = a->blocks + ((size_t)o * a->G + g) * 16;
-            float sc = SCALE[a->scales[(size_t)o * a->G + g]];
-            float *w = a->w + ((size_t)o * a->G + g) * 32;
-#ifdef HAVE_AVX2
-            __m256 v[4];
-            decode_block(b, v);
-            __m256 s8 = _mm256_set1_ps(sc);
-            for (int k = 0; k < 4; k++) _mm256_storeu_ps(w + 8 * k, _mm256_mul_ps(v[k], s8));
-#else
-            for (int j = 0; j < 16; j++) {
-                w[2 * j] = LUT2[b[j] & 15] * sc;
-                w[2 * j + 1] = LUT2[b[j] >> 4] * sc;
-            }
-#endif
-        }
-    }
-}
-
-void mxfp4_dequant(const uint8_t *blocks, const uint8_t *scales, float *w, int rows, int G, int nthreads) {
-    init_scales();
-    dq_args a = {blocks, scales, w, G};
-    parallel_rows(dq_rows, &a, rows, rows < 64 * nthreads ? 1 : nthreads);
-}
-
 /* ---- y[t, o] = sum_i W[o, i] x[t, i] + bias[o], W bf16 (out, in) ---- */
 typedef struct { const uint16_t *w; const float *x, *bias; float *y; int T, out, in; } bf_args;
 
@@ -700,72 +669,70 @@ static void at_heads64(const at_args *a, int g, int h0, int nh) {
 static void at_group(const at_args *a, int g) {
     int d = a->d, rep = a->rep, stride = a->n_kv * d;
     float acc[rep * d], m[rep], l[rep], sc[rep * AT_TILE];
-    {
-        const float *q = a->q + (size_t)g * rep * d;
+    const float *q = a->q + (size_t)g * rep * d;
+    for (int r = 0; r < rep; r++) {
+        m[r] = a->sinks[g * rep + r];
+        l[r] = 1.0f;
+    }
+    memset(acc, 0, sizeof(acc));
+    for (int s0 = a->first; s0 < a->rows; s0 += AT_TILE) {
+        int n = a->rows - s0 < AT_TILE ? a->rows - s0 : AT_TILE;
+        const float *k = a->k + (size_t)s0 * stride + g * d, *v = a->v + (size_t)s0 * stride + g * d;
         for (int r = 0; r < rep; r++) {
-            m[r] = a->sinks[g * rep + r];
-            l[r] = 1.0f;
-        }
-        memset(acc, 0, sizeof(acc));
-        for (int s0 = a->first; s0 < a->rows; s0 += AT_TILE) {
-            int n = a->rows - s0 < AT_TILE ? a->rows - s0 : AT_TILE;
-            const float *k = a->k + (size_t)s0 * stride + g * d, *v = a->v + (size_t)s0 * stride + g * d;
-            for (int r = 0; r < rep; r++) {
-                const float *qr = q + r * d;
-                float *sr = sc + r * AT_TILE, mt = m[r];
-                for (int j = 0; j < n; j++) {
-                    const float *kj = k + (size_t)j * stride;
-                    float dot = 0.0f;
-                    int i = 0;
-#ifdef HAVE_AVX2
-                    __m256 c0 = _mm256_setzero_ps(), c1 = c0;
-                    for (; i + 16 <= d; i += 16) {
-                        c0 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + i), _mm256_loadu_ps(kj + i), c0);
-                        c1 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + i + 8), _mm256_loadu_ps(kj + i + 8), c1);
-                    }
-                    dot = hsum(_mm256_add_ps(c0, c1));
-#endif
-                    for (; i < d; i++) dot += qr[i] * kj[i];
-                    sr[j] = dot * a->scale;
-                    mt = sr[j] > mt ? sr[j] : mt;
-                }
-                float corr = expf(m[r] - mt), sum = 0.0f;
-                int j = 0;
-#ifdef HAVE_AVX2
-                __m256 s8 = _mm256_setzero_ps(), mt8 = _mm256_set1_ps(mt);
-                for (; j + 8 <= n; j += 8) {
-                    __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(sr + j), mt8));
-                    _mm256_storeu_ps(sr + j, e);
-                    s8 = _mm256_add_ps(s8, e);
-                }
-                sum = hsum(s8);
-#endif
-                for (; j < n; j++) {
-                    sr[j] = expf(sr[j] - mt);
-                    sum += sr[j];
-                }
-                l[r] = l[r] * corr + sum;
-                m[r] = mt;
-                float *ar = acc + r * d;
+            const float *qr = q + r * d;
+            float *sr = sc + r * AT_TILE, mt = m[r];
+            for (int j = 0; j < n; j++) {
+                const float *kj = k + (size_t)j * stride;
+                float dot = 0.0f;
                 int i = 0;
 #ifdef HAVE_AVX2
-                for (; i + 8 <= d; i += 8) {
-                    __m256 o = _mm256_mul_ps(_mm256_loadu_ps(ar + i), _mm256_set1_ps(corr));
-                    for (int jj = 0; jj < n; jj++)
-                        o = _mm256_fmadd_ps(_mm256_set1_ps(sr[jj]), _mm256_loadu_ps(v + (size_t)jj * stride + i), o);
-                    _mm256_storeu_ps(ar + i, o);
+                __m256 c0 = _mm256_setzero_ps(), c1 = c0;
+                for (; i + 16 <= d; i += 16) {
+                    c0 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + i), _mm256_loadu_ps(kj + i), c0);
+                    c1 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + i + 8), _mm256_loadu_ps(kj + i + 8), c1);
                 }
+                dot = hsum(_mm256_add_ps(c0, c1));
 #endif
-                for (; i < d; i++) {
-                    float o = ar[i] * corr;
-                    for (int jj = 0; jj < n; jj++) o += sr[jj] * v[(size_t)jj * stride + i];
-                    ar[i] = o;
-                }
+                for (; i < d; i++) dot += qr[i] * kj[i];
+                sr[j] = dot * a->scale;
+                mt = sr[j] > mt ? sr[j] : mt;
+            }
+            float corr = expf(m[r] - mt), sum = 0.0f;
+            int j = 0;
+#ifdef HAVE_AVX2
+            __m256 s8 = _mm256_setzero_ps(), mt8 = _mm256_set1_ps(mt);
+            for (; j + 8 <= n; j += 8) {
+                __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(sr + j), mt8));
+                _mm256_storeu_ps(sr + j, e);
+                s8 = _mm256_add_ps(s8, e);
+            }
+            sum = hsum(s8);
+#endif
+            for (; j < n; j++) {
+                sr[j] = expf(sr[j] - mt);
+                sum += sr[j];
+            }
+            l[r] = l[r] * corr + sum;
+            m[r] = mt;
+            float *ar = acc + r * d;
+            int i = 0;
+#ifdef HAVE_AVX2
+            for (; i + 8 <= d; i += 8) {
+                __m256 o = _mm256_mul_ps(_mm256_loadu_ps(ar + i), _mm256_set1_ps(corr));
+                for (int jj = 0; jj < n; jj++)
+                    o = _mm256_fmadd_ps(_mm256_set1_ps(sr[jj]), _mm256_loadu_ps(v + (size_t)jj * stride + i), o);
+                _mm256_storeu_ps(ar + i, o);
+            }
+#endif
+            for (; i < d; i++) {
+                float o = ar[i] * corr;
+                for (int jj = 0; jj < n; jj++) o += sr[jj] * v[(size_t)jj * stride + i];
+                ar[i] = o;
             }
         }
-        for (int r = 0; r < rep; r++)
-            for (int i = 0; i < d; i++) a->out[((size_t)g * rep + r) * d + i] = acc[r * d + i] / l[r];
     }
+    for (int r = 0; r < rep; r++)
+        for (int i = 0; i < d; i++) a->out[((size_t)g * rep + r) * d + i] = acc[r * d + i] / l[r];
 }
 
 static void at_jobs(void *p, int begin, int end) {
@@ -840,7 +807,6 @@ def _build() -> ctypes.CDLL | None:
         return None
     p, i = ctypes.c_void_p, ctypes.c_int
     lib.mxfp4_gemv.argtypes = [p, p, p, p, p, i, i, i, i]
-    lib.mxfp4_dequant.argtypes = [p, p, p, i, i, i]
     lib.mxfp4_gemv_q8.argtypes = [p, p, p, p, p, i, i, i]
     lib.mxfp4_gemm.argtypes = [p, p, p, p, p, i, i, i, i]
     lib.bf16_gemv.argtypes = [p, p, p, p, i, i, i, i]
@@ -849,7 +815,6 @@ def _build() -> ctypes.CDLL | None:
         lib.mxfp4_gemv,
         lib.mxfp4_gemm,
         lib.mxfp4_gemv_q8,
-        lib.mxfp4_dequant,
         lib.bf16_gemv,
         lib.attention_rows,
     ):
@@ -938,20 +903,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
         return y
     lib.bf16_gemv(_ptr(weight), _ptr(x), _ptr(b), _ptr(y), x.shape[0], out, inp, _threads())
     return y
-
-
-def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor | None:
-    """MXFP4 ``(rows, G, 16)`` / ``(rows, G)`` unpacked to float32 ``(rows, G*32)`` on the CPU, or None."""
-    if blocks.device.type != "cpu" or blocks.dim() != 3:
-        return None
-    lib = _library()
-    if lib is None:
-        return None
-    blocks, scales = blocks.contiguous(), scales.contiguous()
-    rows, g, _ = blocks.shape
-    w = torch.empty(rows, g * 32, dtype=torch.float32)
-    lib.mxfp4_dequant(_ptr(blocks), _ptr(scales), _ptr(w), rows, g, _threads())
-    return w
 
 
 def int8_enabled() -> bool:

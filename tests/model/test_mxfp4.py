@@ -99,11 +99,19 @@ def test_bf16_kernel_matches_matmul(monkeypatch, with_bias):
 
 @needs_kernels
 def test_kernel_unpacking_matches_reference_on_every_byte_and_exponent():
-    blocks = torch.arange(256, dtype=torch.uint8).view(1, 16, 16).expand(256, 16, 16).contiguous()
-    scales = torch.arange(256, dtype=torch.uint8)[:, None].expand(256, 16).contiguous()
-    got = kernels.dequantize_mxfp4(blocks, scales)
-    assert got is not None
-    assert torch.equal(got, dequantize(blocks, scales))
+    """Each path unpacks exactly: multiplying by rows of the identity reads the weights back.
+
+    Exponents stop at 250: from 251 on, 6 * 2**(e - 127) overflows float32, and inf * 0 is NaN.
+    """
+    blocks = torch.arange(256, dtype=torch.uint8).view(1, 16, 16).expand(251, 16, 16).contiguous()
+    scales = torch.arange(251, dtype=torch.uint8)[:, None].expand(251, 16).contiguous()
+    want = dequantize(blocks, scales).T  # (512, 251)
+    eye = torch.eye(512)
+    for rows in (eye[:1], eye[300:301], eye[:8], eye[100:115], eye):  # one row, tiles of 8, the GEMM
+        got = kernels.mxfp4_linear(rows, blocks, scales, None)
+        assert got is not None
+        first = int(rows.argmax(dim=1)[0])
+        assert torch.equal(got, want[first : first + rows.shape[0]])
 
 
 def _int8_case(out: int, groups: int, seed: int) -> tuple[torch.Tensor, ...]:
