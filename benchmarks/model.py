@@ -22,9 +22,10 @@ Measures, in one run, on this machine:
   against ours (fp32 on a tiny checkpoint, bf16 on the cut);
 * prefix reuse: a tool result appended after a long prefix prefills only its own tokens.
 
-Contexts past 128 are reached by filling the KV cache with random keys and values (decode cost
-depends on the cache's length, not its contents): prefilling 8k tokens through 24 layers on two
-CPU cores would take most of an hour. Missing checkpoints are generated first (``nice``d; the 20b
+Decode contexts other than the prefill's length are reached by filling the KV cache with random
+keys and values (decode cost depends on the cache's length, not its contents): prefilling 8k
+tokens through 24 layers on two CPU cores would take over ten minutes. Decode rates are one over
+the median step. Missing checkpoints are generated first (``nice``d; the 20b
 one needs about 13 GB of disk). Writes ``benchmarks/results/model.json`` and prints a table.
 """
 
@@ -36,6 +37,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -103,11 +105,14 @@ def fill_cache(engine: LocalEngine, length: int) -> None:
 
 
 def decode_rate(engine: LocalEngine, steps: int) -> float:
+    """Tokens per second: one over the median step (the machine is shared; a mean would take its noise)."""
     engine.decode_one(5)  # warm
-    t = time.perf_counter()
+    times = []
     for _ in range(steps):
+        t = time.perf_counter()
         engine.decode_one(5)
-    return steps / (time.perf_counter() - t)
+        times.append(time.perf_counter() - t)
+    return 1.0 / statistics.median(times)
 
 
 def ensure_checkpoint(path: Path, cfg: ModelConfig, format: str = "hf") -> Path:
@@ -133,7 +138,7 @@ def bench_full(path: Path, contexts: list[int], decode_steps: int, prefill_token
     prefill_tps = prefill_tokens / (time.perf_counter() - t)
     decode = {}
     for ctx in contexts:
-        if ctx > prefill_tokens:
+        if ctx != prefill_tokens:  # a context of random keys and values of that length
             fill_cache(engine, ctx)
         tps = decode_rate(engine, decode_steps)
         decode[ctx] = {"tokens_per_s": tps, "bytes_per_token": bytes_per_token(cfg, ctx)}
@@ -310,8 +315,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", type=Path, default=CACHE / "gpt-oss-20b-hf")
     p.add_argument("--contexts", default="128,2048,8192")
-    p.add_argument("--decode-steps", type=int, default=6)
-    p.add_argument("--prefill-tokens", type=int, default=128)
+    p.add_argument("--decode-steps", type=int, default=10)
+    p.add_argument("--prefill-tokens", type=int, default=512)
     p.add_argument("--layer-context", type=int, default=128)
     p.add_argument("--prefix", type=int, default=4096, help="prefix length of the prefix-reuse check")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
