@@ -1,6 +1,5 @@
 """The attention kernel (online softmax, one query row at a time) against the masked torch path."""
 
-
 import pytest
 import torch
 from gptoss_agent.model import kernels
