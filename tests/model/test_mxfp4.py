@@ -167,3 +167,44 @@ def test_int8_is_opt_in_and_switched_off_by_the_environment(monkeypatch):
     off = kernels.mxfp4_linear(x, blocks, scales, bias, int8=True)
     assert off is not None
     torch.testing.assert_close(off, reference, atol=1e-5, rtol=1e-5)
+
+
+def _forked_product(blocks: torch.Tensor, scales: torch.Tensor, x: torch.Tensor, conn) -> None:
+    got = kernels.mxfp4_linear(x, blocks, scales, None)
+    conn.send(None if got is None else got.tolist())  # plain data: tensors would go by shared memory
+
+
+@needs_kernels
+def test_thread_pool_survives_fork_and_concurrent_callers(monkeypatch):
+    """Workers are started once; a forked child (no workers) and two Python threads still get answers."""
+    import multiprocessing
+    import threading
+
+    monkeypatch.setattr(kernels, "threads", 2)
+    blocks = torch.randint(0, 256, (512, 4, 16), dtype=torch.uint8)
+    scales = torch.randint(118, 124, (512, 4), dtype=torch.uint8)
+    x = torch.randn(3, 128)
+    want = x @ dequantize(blocks, scales).T
+    torch.testing.assert_close(kernels.mxfp4_linear(x, blocks, scales, None), want)  # pool started
+
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_forked_product, args=(blocks, scales, x, child), daemon=True)
+    proc.start()
+    assert parent.poll(30), "the forked child hung on the kernel's thread pool"
+    torch.testing.assert_close(torch.tensor(parent.recv()), want)
+    proc.join(10)
+
+    results: list[torch.Tensor | None] = [None] * 4
+
+    def call(i: int) -> None:
+        for _ in range(20):
+            results[i] = kernels.mxfp4_linear(x, blocks, scales, None)
+
+    workers = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(30)
+    for r in results:
+        torch.testing.assert_close(r, want)
