@@ -74,7 +74,7 @@ def bandwidth_ceiling(gib: float = 1.0, repeats: int = 5) -> float:
     return 2 * n / best / 1e9
 
 
-def bytes_per_token(cfg: ModelConfig, context: int) -> int:
+def bytes_per_token(cfg: ModelConfig, context: int, kv_element: int) -> int:
     """Bytes one decode step reads: active weights (bf16 dense, packed experts) plus the KV cache."""
     h, d, i = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
     qkv = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * d * h
@@ -85,7 +85,7 @@ def bytes_per_token(cfg: ModelConfig, context: int) -> int:
     kv = 0
     for layer in range(cfg.num_hidden_layers):
         seen = min(context, cfg.sliding_window) if cfg.is_sliding(layer) else context
-        kv += seen * cfg.num_key_value_heads * d * 2 * 4  # float32 keys and values
+        kv += seen * cfg.num_key_value_heads * d * 2 * kv_element  # keys and values
     return cfg.num_hidden_layers * per_layer + 2 * cfg.vocab_size * h + kv
 
 
@@ -141,7 +141,8 @@ def bench_full(path: Path, contexts: list[int], decode_steps: int, prefill_token
         if ctx != prefill_tokens:  # a context of random keys and values of that length
             fill_cache(engine, ctx)
         tps = decode_rate(engine, decode_steps)
-        decode[ctx] = {"tokens_per_s": tps, "bytes_per_token": bytes_per_token(cfg, ctx)}
+        kv_element = engine.model.embedding.element_size()  # the cache is kept in the weight dtype
+        decode[ctx] = {"tokens_per_s": tps, "bytes_per_token": bytes_per_token(cfg, ctx, kv_element)}
         print(f"  decode at {ctx}: {tps:.2f} tok/s", file=sys.stderr)
     return {
         "checkpoint": str(path),

@@ -576,7 +576,7 @@ void bf16_gemv(const uint16_t *w, const float *x, const float *bias, float *y, i
  * pos0 + t and sees rows [first, pos0 + t] (first = that minus window - 1, or 0 without a window).
  * Online softmax over tiles of keys (the sink starts the running max with an empty value); no score
  * matrix, no mask, no copy of the cache. Jobs are (group, row) pairs, groups outermost. */
-typedef struct { const float *q, *k, *v, *sinks; float *out; int first, rows, n_kv, rep, d; float scale; } at_args;
+typedef struct { const float *q; const void *k, *v; const float *sinks; float *out; int first, rows, n_kv, rep, d, kv_bf16; float scale; } at_args;
 typedef struct { at_args a; int T, pos0, window, per_job; } at_call;
 
 #define AT_TILE 32
@@ -633,17 +633,29 @@ static void at_unit_init(at_unit *u, const at_args *a, int g, int h0, int nh) {
     memset(u->acc, 0, sizeof(u->acc));
 }
 
+/* Rows s0..s0+n of one group's keys or values (float32 or bf16 cache), as float32 rows of 64. The copy also
+ * keeps the tile in L1: rows 2 KB apart share a few L1 sets and were evicted between heads (3x slower). */
+static void at_rows64(const void *base, int bf16, size_t first, int stride, int n, float (*dst)[64]) {
+    for (int j = 0; j < n; j++) {
+        size_t at = first + (size_t)j * stride;
+        for (int c = 0; c < 64; c += 8)
+            _mm256_store_ps(dst[j] + c, bf16 ? BF16X8((const uint16_t *)base + at + c) : _mm256_loadu_ps((const float *)base + at + c));
+    }
+}
+
 static void at_unit_tile(at_unit *u, const at_args *a, int s0, int n) {
     const int stride = a->n_kv * 64;
-    const float *k = a->k + (size_t)s0 * stride + u->g * 64, *v = a->v + (size_t)s0 * stride + u->g * 64;
+    const size_t first = (size_t)s0 * stride + u->g * 64;
+    float kt[AT_TILE][64] __attribute__((aligned(32))), vt[AT_TILE][64] __attribute__((aligned(32)));
+    at_rows64(a->k, a->kv_bf16, first, stride, n, kt);
     float p[AT_TILE][8], corr_s[8];
     __m256 tmax = u->m8, scale = _mm256_set1_ps(a->scale);
     for (int j = 0; j < n; j++) {
-        const float *kj = k + (size_t)j * stride;
+        const float *kj = kt[j];
         __m256 dot[8];
         for (int r = 0; r < 8; r++) dot[r] = _mm256_setzero_ps();
         for (int c = 0; c < 64; c += 8) {
-            __m256 kc = _mm256_loadu_ps(kj + c);
+            __m256 kc = _mm256_load_ps(kj + c);
             for (int r = 0; r < 8; r++) dot[r] = _mm256_fmadd_ps(_mm256_loadu_ps(u->q[r] + c), kc, dot[r]);
         }
         __m256 sc = _mm256_mul_ps(hsum8(dot), scale);
@@ -659,11 +671,7 @@ static void at_unit_tile(at_unit *u, const at_args *a, int s0, int n) {
     }
     u->l8 = _mm256_fmadd_ps(u->l8, corr, sum);
     _mm256_storeu_ps(corr_s, corr);
-    /* the tile's values, copied together: rows 2 KB apart share a few L1 sets and would be evicted
-     * between heads (measured: three times slower) */
-    float vt[AT_TILE][64] __attribute__((aligned(32)));
-    for (int j = 0; j < n; j++)
-        for (int c = 0; c < 64; c += 8) _mm256_store_ps(vt[j] + c, _mm256_loadu_ps(v + (size_t)j * stride + c));
+    at_rows64(a->v, a->kv_bf16, first, stride, n, vt);
     for (int r = 0; r < u->nh; r++) {
         __m256 o[8], cr = _mm256_set1_ps(corr_s[r]);
         for (int c = 0; c < 8; c++) o[c] = _mm256_mul_ps(_mm256_loadu_ps(u->acc[r] + 8 * c), cr);
@@ -697,8 +705,9 @@ static void at_groups64(const at_args *a, int g0, int g1) {
         int n = a->rows - s0 < AT_TILE ? a->rows - s0 : AT_TILE;
         for (int j = s0 + AT_TILE; j < s0 + 2 * AT_TILE && j < a->rows; j++)  /* the next tile's rows */
             for (int c = 0; c < span; c += 16) {
-                _mm_prefetch((const char *)(a->k + (size_t)j * stride + g0 * 64 + c), _MM_HINT_T0);
-                _mm_prefetch((const char *)(a->v + (size_t)j * stride + g0 * 64 + c), _MM_HINT_T0);
+                size_t at = ((size_t)j * stride + g0 * 64 + c) * (a->kv_bf16 ? 2 : 4);
+                _mm_prefetch((const char *)a->k + at, _MM_HINT_T0);
+                _mm_prefetch((const char *)a->v + at, _MM_HINT_T0);
             }
         for (int i = 0; i < nu; i++) at_unit_tile(&units[i], a, s0, n);
     }
@@ -718,7 +727,7 @@ static void at_group(const at_args *a, int g) {
     memset(acc, 0, sizeof(acc));
     for (int s0 = a->first; s0 < a->rows; s0 += AT_TILE) {
         int n = a->rows - s0 < AT_TILE ? a->rows - s0 : AT_TILE;
-        const float *k = a->k + (size_t)s0 * stride + g * d, *v = a->v + (size_t)s0 * stride + g * d;
+        const float *k = (const float *)a->k + (size_t)s0 * stride + g * d, *v = (const float *)a->v + (size_t)s0 * stride + g * d;
         for (int r = 0; r < rep; r++) {
             const float *qr = q + r * d;
             float *sr = sc + r * AT_TILE, mt = m[r];
@@ -797,13 +806,21 @@ static void at_jobs(void *p, int begin, int end) {
     }
 }
 
-void attention_rows(const float *q, const float *k, const float *v, const float *sinks, float *out,
+int has_avx2(void) {
+#ifdef HAVE_AVX2
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+void attention_rows(const float *q, const void *k, const void *v, int kv_bf16, const float *sinks, float *out,
                     int T, int pos0, int window, int n_kv, int rep, int d, float scale, int nthreads) {
     /* split over threads only when there is enough to read; each thread takes a share of the groups */
     if ((size_t)T * (pos0 + 1) * n_kv * d < 65536 || nthreads < 1) nthreads = 1;
     int chunks = nthreads < n_kv ? nthreads : n_kv, per_job = (n_kv + chunks - 1) / chunks;
     chunks = (n_kv + per_job - 1) / per_job;
-    at_call c = {{q, k, v, sinks, out, 0, 0, n_kv, rep, d, scale}, T, pos0, window, per_job};
+    at_call c = {{q, k, v, sinks, out, 0, 0, n_kv, rep, d, kv_bf16, scale}, T, pos0, window, per_job};
     parallel_rows(at_jobs, &c, chunks * T, nthreads);
 }
 """
@@ -854,7 +871,9 @@ def _build() -> ctypes.CDLL | None:
     lib.mxfp4_gemv_q8.argtypes = [p, p, p, p, p, i, i, i]
     lib.mxfp4_gemm.argtypes = [p, p, p, p, p, i, i, i, i]
     lib.bf16_gemv.argtypes = [p, p, p, p, i, i, i, i]
-    lib.attention_rows.argtypes = [p, p, p, p, p, i, i, i, i, i, i, ctypes.c_float, i]
+    lib.attention_rows.argtypes = [p, p, p, i, p, p, i, i, i, i, i, i, ctypes.c_float, i]
+    lib.has_avx2.argtypes = []
+    lib.has_avx2.restype = ctypes.c_int
     for f in (
         lib.mxfp4_gemv,
         lib.mxfp4_gemm,
@@ -1004,14 +1023,15 @@ def attention(
     window: int | None,
     scale: float,
 ) -> torch.Tensor | None:
-    """Causal grouped-query attention with sinks, on the CPU in float32, or None.
+    """Causal grouped-query attention with sinks on the CPU (float32 queries, float32 or bf16 cache), or None.
 
     ``q (T, n_kv, rep, d)``, ``k, v (S, n_kv, d)``, ``sinks (n_kv, rep)``. Query ``t`` sits at key
     row ``pos0 + t`` and sees the rows up to it (the last ``window`` of them, if given). Returns
     ``(T, n_kv * rep * d)``. One pass over the keys per query with an online softmax: no score
     matrix, no mask, no copies of the cache.
     """
-    if q.device.type != "cpu" or not (q.dtype == k.dtype == v.dtype == torch.float32):
+    kv_types = (torch.float32, torch.bfloat16)
+    if q.device.type != "cpu" or q.dtype != torch.float32 or k.dtype not in kv_types or v.dtype != k.dtype:
         return None
     lib = _library()
     if lib is None:
@@ -1019,10 +1039,26 @@ def attention(
     t, n_kv, rep, d = q.shape
     if pos0 < 0 or pos0 + t > k.shape[0]:
         raise ValueError(f"queries at rows {pos0}..{pos0 + t - 1} need keys the cache of {k.shape[0]} lacks")
+    if k.dtype == torch.bfloat16 and (d != 64 or not lib.has_avx2()):  # bf16 is read in place for d = 64 only
+        k, v = k.float(), v.float()
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     s = _cpu_f32(sinks)
     out = torch.empty(t, n_kv * rep * d, dtype=torch.float32)
+    bf16 = int(k.dtype == torch.bfloat16)
     lib.attention_rows(
-        _ptr(q), _ptr(k), _ptr(v), _ptr(s), _ptr(out), t, pos0, window or 0, n_kv, rep, d, scale, _threads()
+        _ptr(q),
+        _ptr(k),
+        _ptr(v),
+        bf16,
+        _ptr(s),
+        _ptr(out),
+        t,
+        pos0,
+        window or 0,
+        n_kv,
+        rep,
+        d,
+        scale,
+        _threads(),
     )
     return out

@@ -8,7 +8,8 @@ output projection, residual. MLPBlock: RMSNorm, router (linear with bias, top-4,
 four), per-expert clamped SwiGLU (gate and linear halves interleaved), weighted sum, residual.
 
 Activations run in float32 on the CPU (weights may stay bf16 and are widened per use) and in the
-weight dtype on CUDA. ``Transformer.forward`` without a cache is the test oracle for the cached path.
+weight dtype on CUDA; the KV cache is kept in the weight dtype. ``Transformer.forward`` without a
+cache is the test oracle for the cached path.
 """
 
 from __future__ import annotations
@@ -103,14 +104,15 @@ def attention(
 ) -> torch.Tensor:
     """Causal grouped-query attention with a sink logit per head.
 
-    q (T, n_kv, rep, d) at positions ``q_start..``; k, v (S, n_kv, d) at ``k_start..``, covering
-    every position up to the last query's; sinks (n_kv, rep). Returns (T, n_kv * rep * d). The CPU
-    kernel when it is there (float32), else ``masked_attention``.
+    q (T, n_kv, rep, d) at positions ``q_start..``; k, v (S, n_kv, d) at ``k_start..`` (the cache's
+    dtype), covering every position up to the last query's; sinks (n_kv, rep). Returns
+    (T, n_kv * rep * d). The CPU kernel when it is there, else ``masked_attention``.
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
     fast = kernels.attention(q, k, v, sinks, pos0=q_start - k_start, window=window, scale=scale)
     if fast is not None:
         return fast
+    k, v = k.to(q.dtype), v.to(q.dtype)
     return masked_attention(q, k, v, sinks, q_start=q_start, k_start=k_start, window=window)
 
 
@@ -309,7 +311,7 @@ class Transformer(nn.Module):
                 cfg.num_key_value_heads,
                 cfg.head_dim,
                 keep=None if w is None else w + margin,
-                dtype=self.compute_dtype,
+                dtype=self.embedding.dtype,  # the weights' dtype: a bf16 model keeps a bf16 cache
                 device=self.device,
             )
             for w in windows

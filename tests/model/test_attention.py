@@ -55,3 +55,14 @@ def test_queries_need_their_own_keys():
     q, k, v, sinks = inputs(3, 2, 1, 1, 64, 0)
     with pytest.raises(ValueError, match="need keys"):
         kernels.attention(q, k, v, sinks, pos0=0, window=None, scale=1.0)
+
+
+@needs_kernels
+@pytest.mark.parametrize("d", [64, 20])  # 64: read as bf16 in place; 20: widened first
+def test_a_bf16_cache_reads_as_its_float_values(d):
+    q, k, v, sinks = inputs(9, 300, 2, 8, d, 5)
+    k, v = k.bfloat16(), v.bfloat16()
+    where = {"q_start": 291, "k_start": 0, "window": 128}
+    got = attention(q, k, v, sinks, **where)
+    want = reference(q, k.float(), v.float(), sinks, **where)
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
