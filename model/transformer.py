@@ -265,6 +265,11 @@ class MLPBlock(nn.Module):
         return expert_linear(self.mlp2, e, h, self.mlp2_bias[e], int8=q8)  # (n, hidden)
 
 
+def activation_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """float32 on the CPU (its bf16 arithmetic is slow and lossy; weights are widened per use), else ``dtype``."""
+    return torch.float32 if device.type == "cpu" else dtype
+
+
 class Transformer(nn.Module):
     """gpt-oss: embedding, blocks, final norm, unembedding."""
 
@@ -372,7 +377,7 @@ class Transformer(nn.Module):
                 return w.to(device)
             return w.to(device=device, dtype=dtype)
 
-        compute_dtype = torch.float32 if device.type == "cpu" else dtype
+        compute_dtype = activation_dtype(device, dtype)
         rope = RotaryEmbedding(cfg, device)
         embedding = get("embedding.weight")
         step("embedding")
