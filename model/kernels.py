@@ -1,11 +1,15 @@
-"""Fast CPU paths for decoding: fused MXFP4 and bf16 matrix-vector products in a small C library.
+"""Fast CPU paths in a small C library: the matrix products, attention and a thread pool.
 
 Decoding one token reads every active weight once, so it is memory-bound: the kernels read the
 packed MXFP4 experts (4.25 bits per weight) and the bf16 matrices in place and widen them to
-float32 in registers, instead of materialising unpacked copies. The library is compiled once per
-machine with the system C compiler (``cc -O3 -march=native``, a second or two) into
-``~/.cache/gptoss_agent`` (``GPTOSS_KERNEL_CACHE`` overrides); if there is no compiler, or
-``GPTOSS_KERNELS=0``, every function here returns None and the callers fall back to plain torch.
+float32 in registers, instead of materialising unpacked copies. Many-token batches (prefill) are
+compute-bound: MXFP4 weights go through a packed GEMM that unpacks sixteen rows at a time into a
+panel kept in L2. Attention is one pass over the cache per query with an online softmax. Work is
+split over a persistent thread pool (starting a thread costs ~90 us; a decode step makes ~270
+calls). The library is compiled once per machine with the system C compiler (``cc -O3
+-march=native``, a few seconds) into ``~/.cache/gptoss_agent`` (``GPTOSS_KERNEL_CACHE``
+overrides); if there is no compiler, or ``GPTOSS_KERNELS=0``, every function here returns None
+and the callers fall back to plain torch.
 """
 
 from __future__ import annotations
@@ -912,7 +916,7 @@ MATMUL_ROWS = 64
 """From this many tokens on, bf16 weights are widened to float32 (a block at a time) for BLAS."""
 
 GEMM_ROWS = 16
-"""From this many tokens on, MXFP4 weights go through the packed GEMM (below: tiles of 8 in registers)."""
+"""From this many tokens on, MXFP4 weights go through the packed GEMM (below it: tiles of 8 tokens)."""
 
 SCRATCH_ELEMENTS = 1 << 24
 """Float32 elements widened at a time for BLAS (64 MB; a whole attention matrix fits)."""
@@ -921,7 +925,7 @@ _scratch_buf = threading.local()
 
 
 def _scratch(n: int) -> torch.Tensor:
-    """A float32 buffer of at least ``n`` elements, reused (fresh pages cost more than the unpacking)."""
+    """A float32 buffer of at least ``n`` elements, reused (fresh pages cost more than the widening)."""
     buf = getattr(_scratch_buf, "t", None)
     if buf is None or buf.numel() < n:
         buf = torch.empty(n, dtype=torch.float32)
