@@ -65,7 +65,9 @@ def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator 
 class LocalEngine:
     """gpt-oss in process: chunked prefill, cached decode, sampling, prefix reuse across calls."""
 
-    def __init__(self, model: Transformer, *, prefill_chunk: int = 2048, checkpoint: Checkpoint | None = None):
+    def __init__(
+        self, model: Transformer, *, prefill_chunk: int = 2048, checkpoint: Checkpoint | None = None
+    ):
         self.model = model
         self.prefill_chunk = prefill_chunk
         """Tokens run through the model at once. Larger chunks give each expert more tokens per
