@@ -50,7 +50,6 @@ from gptoss_agent.model import kernels
 from gptoss_agent.model.checkpoint import open_checkpoint
 from gptoss_agent.model.config import PRESETS, ModelConfig
 from gptoss_agent.model.local import LocalEngine
-from gptoss_agent.model.mxfp4 import MXFP4Experts
 from gptoss_agent.model.random_checkpoint import write_random_checkpoint
 
 ROOT = Path(__file__).resolve().parent
@@ -112,12 +111,7 @@ def touch_weights(engine: LocalEngine) -> None:
     with a pageout scheme: pages unused for about a minute are reclaimed), and an expert read back
     from disk in the middle of a decode step is not what the step costs.
     """
-    model = engine.model
-    tensors = list(model.buffers())
-    for mlp in model.mlp:
-        for w in (mlp.mlp1, mlp.mlp2):
-            tensors += [w.blocks, w.scales] if isinstance(w, MXFP4Experts) else [w]
-    for t in tensors:
+    for t in engine.model.weight_tensors():
         flat = t.reshape(-1)
         flat[:: max(1, 4096 // t.element_size())].float().sum()
 

@@ -15,7 +15,7 @@ cache is the test oracle for the cached path.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -295,17 +295,17 @@ class Transformer(nn.Module):
     def device(self) -> torch.device:
         return self.embedding.device
 
+    def weight_tensors(self) -> Iterator[torch.Tensor]:
+        """Every weight the model holds: the dense buffers, then the experts (packed when MXFP4)."""
+        yield from self.buffers()
+        for m in self.mlp:
+            if isinstance(m, MLPBlock):
+                for w in (m.mlp1, m.mlp2):
+                    yield from _expert_tensors(w)
+
     def weight_bytes(self) -> int:
         """Bytes of weights the model holds (MXFP4 experts counted packed)."""
-        dense = sum(b.numel() * b.element_size() for b in self.buffers())
-        packed = sum(
-            t.numel() * t.element_size()
-            for m in self.mlp
-            if isinstance(m, MLPBlock)
-            for w in (m.mlp1, m.mlp2)
-            for t in _expert_tensors(w)
-        )
-        return dense + packed
+        return sum(t.numel() * t.element_size() for t in self.weight_tensors())
 
     def new_cache(self, margin: int = 128) -> KVCache:
         """An empty cache; sliding layers keep ``sliding_window + margin`` positions."""
