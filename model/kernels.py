@@ -831,6 +831,8 @@ void attention_rows(const float *q, const void *k, const void *v, int kv_bf16, c
 
 _lib: ctypes.CDLL | None = None
 _tried = False
+_avx2 = False
+"""Whether the library was built with AVX2 (bf16 caches are then read in place)."""
 _lock = threading.Lock()
 
 
@@ -890,11 +892,12 @@ def _build() -> ctypes.CDLL | None:
 
 
 def _library() -> ctypes.CDLL | None:
-    global _lib, _tried
+    global _lib, _tried, _avx2
     if not _tried:
         with _lock:
             if not _tried:
                 _lib = _build()
+                _avx2 = _lib is not None and bool(_lib.has_avx2())
                 _tried = True
     return _lib
 
@@ -1043,7 +1046,7 @@ def attention(
     t, n_kv, rep, d = q.shape
     if pos0 < 0 or pos0 + t > k.shape[0]:
         raise ValueError(f"queries at rows {pos0}..{pos0 + t - 1} need keys the cache of {k.shape[0]} lacks")
-    if k.dtype == torch.bfloat16 and (d != 64 or not lib.has_avx2()):  # bf16 is read in place for d = 64 only
+    if k.dtype == torch.bfloat16 and (d != 64 or not _avx2):  # bf16 is read in place for d = 64 only
         k, v = k.float(), v.float()
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     s = _cpu_f32(sinks)
