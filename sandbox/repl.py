@@ -237,6 +237,21 @@ def _join(parts: list[str]) -> str:
     return out
 
 
+def _restarted(
+    head: list[tuple[str, str]], note: str, started: float, *, timed_out: bool = False
+) -> Execution:
+    """The result of a run the session had to restart: what it printed before, then ``note``."""
+    return Execution(
+        output=_join(["".join(t for _, t in head), note]),
+        stdout="".join(t for s, t in head if s == "stdout"),
+        stderr="".join(t for s, t in head if s == "stderr"),
+        error=note,
+        timed_out=timed_out,
+        restarted=True,
+        duration=time.monotonic() - started,
+    )
+
+
 def _lost(files_kept: bool) -> str:
     files = "files in /mnt/data were kept" if files_kept else "the files in /mnt/data were lost too"
     return f"all variables, imports and definitions were lost; {files}"
@@ -376,16 +391,7 @@ class ReplSession(ABC):
             f"[Timed out after {timeout:g} s: the code was stopped and the Python session was restarted; "
             f"{_lost(kept)}.]"
         )
-        text = "".join(t for _, t in head)
-        return Execution(
-            output=_join([text, note]),
-            stdout="".join(t for s, t in head if s == "stdout"),
-            stderr="".join(t for s, t in head if s == "stderr"),
-            error=note,
-            timed_out=True,
-            restarted=True,
-            duration=time.monotonic() - started,
-        )
+        return _restarted(head, note, started, timed_out=True)
 
     def _after_death(self, head: list[tuple[str, str]], started: float) -> Execution:
         if self._closed:
@@ -397,15 +403,7 @@ class ReplSession(ABC):
         note = f"[The Python process died ({reason}). The session was restarted; {_lost(kept)}.]"
         if diagnostics:
             note = _join([diagnostics[-2000:], note])
-        text = "".join(t for _, t in head)
-        return Execution(
-            output=_join([text, note]),
-            stdout="".join(t for s, t in head if s == "stdout"),
-            stderr="".join(t for s, t in head if s == "stderr"),
-            error=note,
-            restarted=True,
-            duration=time.monotonic() - started,
-        )
+        return _restarted(head, note, started)
 
     def reset(self) -> None:
         """Forget all state: a fresh interpreter and empty /mnt/data and /tmp."""
