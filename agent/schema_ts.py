@@ -101,6 +101,14 @@ def _default_comment(schema: Any, default: Any, *, bare_enum_string: bool) -> st
     return f"default: {json_value_text(default)}"
 
 
+def _variant_type(variant: Any, indent: str) -> str:
+    """One ``oneOf`` variant's type, one level deeper, with `` | null`` when it is nullable."""
+    type_str = json_schema_to_typescript(variant, indent + "   ")
+    if _nullable(variant) and "null" not in type_str:
+        type_str += " | null"
+    return type_str
+
+
 def json_schema_to_typescript(schema: Any, indent: str = "") -> str:
     """Render a JSON Schema as openai-harmony's TypeScript-like type (``{\\nname: string,\\n}``)."""
     one_of = _get(schema, "oneOf")
@@ -108,10 +116,7 @@ def json_schema_to_typescript(schema: Any, indent: str = "") -> str:
         out: list[str] = []
         for variant in one_of:
             out.append(f"\n{indent} | ")
-            type_str = json_schema_to_typescript(variant, indent + "   ")
-            if _nullable(variant) and "null" not in type_str:
-                type_str += " | null"
-            out.append(type_str)
+            out.append(_variant_type(variant, indent))
             comments = []
             desc = _str(_get(variant, "description"))
             if desc is not None:
@@ -210,10 +215,7 @@ def _one_of_property(key: str, val: Any, variants: list[Any], optional: str, ind
     out.append(f"{indent}{key}{optional}:\n")
     for i, variant in enumerate(variants):
         out.append(f"{indent} | ")
-        type_str = json_schema_to_typescript(variant, indent + "   ")
-        if _nullable(variant) and "null" not in type_str:
-            type_str += " | null"
-        out.append(type_str)
+        out.append(_variant_type(variant, indent))
         comments = []
         if not (i == 0 and desc_above):
             variant_desc = _str(_get(variant, "description"))
