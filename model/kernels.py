@@ -154,30 +154,32 @@ static inline float hsum(__m256 v) {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
-/* 16 packed bytes -> 32 floats (doubled e2m1), low nibble first. */
-static inline void decode_block(const uint8_t *b, __m256 out[4]) {
+/* 16 packed bytes -> their low and high nibbles' doubled e2m1 values, as int8. */
+static inline void nibbles(const uint8_t *b, __m128i *lo, __m128i *hi) {
     const __m128i lut = _mm_loadu_si128((const __m128i *)LUT2);
     const __m128i mask = _mm_set1_epi8(0x0F);
     __m128i v = _mm_loadu_si128((const __m128i *)b);
-    __m128i lo = _mm_shuffle_epi8(lut, _mm_and_si128(v, mask));
-    __m128i hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(v, 4), mask));
-    __m128i i0 = _mm_unpacklo_epi8(lo, hi), i1 = _mm_unpackhi_epi8(lo, hi);
-    out[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(i0));
-    out[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(i0, 8)));
-    out[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(i1));
-    out[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(i1, 8)));
+    *lo = _mm_shuffle_epi8(lut, _mm_and_si128(v, mask));
+    *hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(v, 4), mask));
+}
+/* 16 int8 -> two vectors of 8 floats. */
+static inline void widen16(__m128i v, __m256 *first, __m256 *second) {
+    *first = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+    *second = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8)));
+}
+/* 16 packed bytes -> 32 floats (doubled e2m1), low nibble first. */
+static inline void decode_block(const uint8_t *b, __m256 out[4]) {
+    __m128i lo, hi;
+    nibbles(b, &lo, &hi);
+    widen16(_mm_unpacklo_epi8(lo, hi), &out[0], &out[1]);
+    widen16(_mm_unpackhi_epi8(lo, hi), &out[2], &out[3]);
 }
 /* 16 packed bytes -> 32 floats in split order: the 16 low nibbles, then the 16 high nibbles. */
 static inline void decode_block_split(const uint8_t *b, __m256 out[4]) {
-    const __m128i lut = _mm_loadu_si128((const __m128i *)LUT2);
-    const __m128i mask = _mm_set1_epi8(0x0F);
-    __m128i v = _mm_loadu_si128((const __m128i *)b);
-    __m128i lo = _mm_shuffle_epi8(lut, _mm_and_si128(v, mask));
-    __m128i hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(v, 4), mask));
-    out[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
-    out[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
-    out[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
-    out[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+    __m128i lo, hi;
+    nibbles(b, &lo, &hi);
+    widen16(lo, &out[0], &out[1]);
+    widen16(hi, &out[2], &out[3]);
 }
 #endif
 
