@@ -16,7 +16,9 @@ import argparse
 import glob
 import importlib
 import json
+import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,11 +47,23 @@ def _positive(kind: type) -> Callable[[str], Any]:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
         return value
 
     return parse
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="developer instructions (a 'Reasoning: high' line sets the effort)",
     )
     p.add_argument(
-        "--temperature", type=float, default=1.0, help="sampling temperature; 0 is greedy (default 1.0)"
+        "--temperature", type=_finite, default=1.0, help="sampling temperature; 0 is greedy (default 1.0)"
     )
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0)")
+    p.add_argument("--top-p", type=_finite, default=1.0, help="nucleus sampling, 0 < p <= 1 (default 1.0)")
     p.add_argument("--seed", type=int, help="sampling seed, for repeatable runs")
     p.add_argument(
         "--device", default="auto", help="torch device of a local model: auto, cpu, cuda, cuda:1 ..."
@@ -122,6 +136,73 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true", help="print one JSON result instead of the live view")
     out.add_argument("--jsonl", action="store_true", help="print the event stream as JSON lines")
     return p
+
+
+# -- validating the flags ----------------------------------------------------------------------
+
+_DEVICE = re.compile(r"(auto|cpu|mps|cuda)(:\d+)?")
+
+
+def _check_device(device: str) -> None:
+    """``--device``: auto, cpu, mps or cuda[:N], and a CUDA device must exist."""
+    match = _DEVICE.fullmatch(device)
+    if match is None or (match.group(2) and match.group(1) != "cuda"):
+        raise UserError(f"--device {device!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
+    if match.group(1) not in ("cuda", "mps"):
+        return
+    import torch
+
+    if match.group(1) == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError("--device mps: no Apple GPU is available here; use --device cpu")
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(match.group(2)[1:]) if match.group(2) else 0
+    if count == 0:
+        raise UserError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+    if index >= count:
+        raise UserError(f"--device {device}: this machine has {count} CUDA GPU(s), numbered from 0")
+
+
+def _check_search(search: str | None) -> None:
+    """The browser's backend exists and has the key (and address) it needs, before any model load."""
+    from gptoss_agent.tools.search import BACKENDS
+
+    chosen = (search or os.environ.get("GPTOSS_SEARCH") or "duckduckgo").strip().lower()
+    cls = BACKENDS.get(chosen)
+    if cls is None:
+        raise UserError(f"--search {chosen!r} is not a search backend: choose one of {', '.join(sorted(BACKENDS))}")
+    if cls.key_env and not os.environ.get(cls.key_env):
+        raise UserError(f"--search {chosen} needs an API key: set {cls.key_env}")
+    if cls.base_url_env and not cls.default_base_url and not os.environ.get(cls.base_url_env):
+        raise UserError(f"--search {chosen} needs the server's address: set {cls.base_url_env}")
+
+
+def _validate_args(args: argparse.Namespace) -> None:
+    """Every value checked before anything is loaded: one sentence (``UserError``) for the first bad one."""
+    if args.resume and args.transcript:
+        raise UserError("--resume FILE already appends to FILE; leave out --transcript")
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be 0 (greedy) or more, got {args.temperature:g}")
+    if not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p:g}")
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed must be between 0 and 2**63 - 1, got {args.seed}")
+    if args.model and args.model.startswith(("http://", "https://")):
+        from urllib.parse import urlsplit
+
+        try:
+            url = urlsplit(args.model)
+            url.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise UserError(f"--model {args.model!r} is not a valid URL") from None
+        if not url.hostname:
+            raise UserError(f"--model {args.model!r} has no host name")
+    elif args.device != "auto":
+        _check_device(args.device)
+    names = {n.strip() for n in args.tools.split(",")}
+    if "browser" in names:
+        _check_search(args.search)
 
 
 # -- the model -------------------------------------------------------------------------------
@@ -369,8 +450,7 @@ def _chat(agent: Any, out: _Output) -> None:
 def run(argv: Sequence[str] | None = None) -> int:
     """The command; raises ``UserError`` for the user's mistakes."""
     args = build_parser().parse_args(argv)
-    if args.resume and args.transcript:
-        raise UserError("--resume FILE already appends to FILE; leave out --transcript")
+    _validate_args(args)
     quiet = args.json or args.jsonl
     _check_transcripts(args)  # the cheap checks first: no model load before a typo is caught
     tools = build_tools(args.tools, args.sandbox, args.search)

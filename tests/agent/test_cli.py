@@ -166,11 +166,31 @@ def test_user_mistakes_are_one_sentence(tmp_path):
         (["x", "--model", "{tmp}", "--tools", "nosuchmodule:f"], ["cannot import"]),
         (["x", "--model", "{tmp}", "--resume", "{tmp}/no.jsonl"], ["no transcript"]),
         (["x", "--model", "{tmp}", "--tools", "browser", "--search", "altavista"], ["altavista"]),
+        # every value is checked before anything loads (issue 17)
+        (["x", "--model", "{tmp}", "--top-p", "0"], ["--top-p", "(0, 1]"]),
+        (["x", "--model", "{tmp}", "--top-p", "2"], ["--top-p", "(0, 1]"]),
+        (["x", "--model", "{tmp}", "--top-p", "nan"], ["--top-p", "finite"]),
+        (["x", "--model", "{tmp}", "--temperature", "nan"], ["--temperature", "finite"]),
+        (["x", "--model", "{tmp}", "--temperature", "inf"], ["--temperature", "finite"]),
+        (["x", "--model", "{tmp}", "--temperature", "-1"], ["--temperature", "0 (greedy) or more"]),
+        (["x", "--model", "{tmp}", "--timeout", "nan"], ["--timeout", "finite"]),
+        (["x", "--model", "{tmp}", "--seed", "-3"], ["--seed"]),
+        (["x", "--model", "{tmp}", "--device", "tpu"], ["--device 'tpu'", "cuda:N"]),
+        (["x", "--model", "{tmp}", "--device", "cpu:1"], ["--device 'cpu:1'"]),
+        (["x", "--model", "{tmp}", "--device", "cuda:99"], ["--device cuda:99"]),
+        (["x", "--model", "http://", "--tools", "none"], ["no host name"]),
+        (["x", "--model", "http://h:99999", "--tools", "none"], ["not a valid URL"]),
+        (["x", "--model", "{tmp}", "--tools", "browser", "--search", "brave"], ["brave", "BRAVE_API_KEY"]),
+        (["x", "--model", "{tmp}", "--tools", "browser", "--search", "exa"], ["EXA_API_KEY"]),
+        (["x", "--model", "{tmp}", "--tools", "browser", "--search", "tavily"], ["TAVILY_API_KEY"]),
+        (["x", "--model", "{tmp}", "--tools", "browser", "--search", "searxng"], ["SEARXNG_URL"]),
     ],
 )
-def test_more_user_mistakes(tmp_path, capsys, args, words):
+def test_more_user_mistakes(tmp_path, capsys, monkeypatch, args, words):
     from gptoss_agent.agent.cli import main
 
+    for var in ("BRAVE_API_KEY", "EXA_API_KEY", "TAVILY_API_KEY", "SEARXNG_URL", "GPTOSS_SEARCH"):
+        monkeypatch.delenv(var, raising=False)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
     try:
         status = main(argv)
@@ -178,6 +198,32 @@ def test_more_user_mistakes(tmp_path, capsys, args, words):
         status = e.code
     err = capsys.readouterr()
     one_sentence_error(subprocess.CompletedProcess(argv, status, err.out, err.err), *words)
+
+
+def test_no_tokenizer_anywhere_is_one_sentence_a_cli_user_can_act_on(tmp_path):
+    """Empty caches, no tokenizer variables, network refused, quicktok unimportable."""
+    hide = tmp_path / "hide" / "quicktok"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TIKTOKEN", "GPTOSS"))}
+    env |= {
+        "PYTHONPATH": str(tmp_path / "hide"),
+        "HOME": str(tmp_path),
+        "TIKTOKEN_CACHE_DIR": str(tmp_path / "tiktoken"),
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+    }
+    env.pop("NO_PROXY", None)
+    env.pop("no_proxy", None)
+    proc = subprocess.run(
+        [*COMMAND, "x", "--model", str(tmp_path), "--tools", "none"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
+    one_sentence_error(proc, "pip install quicktok-v1", "TIKTOKEN_ENCODINGS_BASE")
+    assert "load_tokenizer(" not in proc.stderr
 
 
 def test_gptoss_model_and_the_hf_cache_are_found(tmp_path, monkeypatch):
