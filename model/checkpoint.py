@@ -30,7 +30,9 @@ MXFP4 experts stay packed.
 from __future__ import annotations
 
 import json
+import math
 import mmap
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,21 +85,78 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 
 
+_MAX_HEADER = 100 << 20
+"""safetensors' own limit on the JSON header (100 MB)."""
+
+
+def _check_entry(name: str, entry: Any, data_bytes: int) -> str | None:
+    """What is wrong with one header entry (dtype, shape, offsets within the file), or None."""
+    if not isinstance(entry, dict):
+        return f"entry {name} is not an object"
+    if not isinstance(entry.get("dtype"), str):
+        return f"tensor {name} has no dtype"
+    dtype = _DTYPES.get(entry["dtype"])  # None: a dtype we never read (refused if asked for)
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        return f"tensor {name} has an invalid shape {shape!r}"
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        or not 0 <= offsets[0] <= offsets[1] <= data_bytes
+    ):
+        return f"tensor {name} has data_offsets {offsets!r} outside the file's {data_bytes} data bytes"
+    count = math.prod(shape)
+    if dtype is not None and offsets[1] - offsets[0] != count * dtype.itemsize:
+        return (
+            f"tensor {name} of shape {shape} ({entry['dtype']}) needs {count * dtype.itemsize} bytes, "
+            f"its data_offsets span {offsets[1] - offsets[0]}"
+        )
+    return None
+
+
 class SafetensorsFile:
-    """One ``.safetensors`` file, memory-mapped; ``tensor(name)`` is a zero-copy view."""
+    """One ``.safetensors`` file, memory-mapped; ``tensor(name)`` is a zero-copy view.
+
+    The header is validated before anything is mapped: its length against the file's size, its
+    JSON, and every entry's dtype, shape and offsets (``CheckpointError`` naming the file and field).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
             with open(path, "rb") as f:
-                (header_len,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(header_len))
+                size = os.fstat(f.fileno()).st_size
+                head = f.read(8)
+                if len(head) < 8:
+                    raise CheckpointError(f"{path} is not a safetensors file: it is only {size} bytes long")
+                (header_len,) = struct.unpack("<Q", head)
+                if header_len > min(size - 8, _MAX_HEADER):
+                    raise CheckpointError(
+                        f"{path} is not a safetensors file: its header length field says {header_len} bytes, "
+                        f"the file has {size - 8} after it"
+                    )
+                try:
+                    header = json.loads(f.read(header_len))
+                except ValueError as e:
+                    raise CheckpointError(f"{path} is not a safetensors file: its header is not JSON ({e})") from None
+                if not isinstance(header, dict):
+                    raise CheckpointError(f"{path} is not a safetensors file: its header is not a JSON object")
                 self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        except (OSError, struct.error, ValueError) as e:
-            raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
-        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        except OSError as e:
+            raise CheckpointError(f"{path} cannot be read: {e}") from e
+        metadata = header.pop("__metadata__", None) or {}
+        self.metadata: dict[str, str] = metadata if isinstance(metadata, dict) else {}
+        data_bytes = size - 8 - header_len
+        for name, entry in header.items():
+            problem = _check_entry(name, entry, data_bytes)
+            if problem is not None:
+                raise CheckpointError(f"{path}: {problem}")
         self._entries: dict[str, dict[str, Any]] = header
         self._base = 8 + header_len
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._entries[name]["shape"])
 
     def names(self) -> list[str]:
         return list(self._entries)
@@ -162,7 +221,8 @@ class Checkpoint:
         base = f"model.layers.{layer}.mlp.experts.{proj}"
         if self.format == "hf-mxfp4":
             return MXFP4Experts(self._raw(base + "_blocks"), self._raw(base + "_scales"))
-        return self._raw(base).transpose(1, 2)  # stored (E, in, out) -> (E, out, in)
+        # stored (E, in, out) -> (E, out, in), copied once here so every call reads rows in order
+        return self._raw(base).transpose(1, 2).contiguous()
 
     def _hf_tensor(self, name: str) -> torch.Tensor:
         parts = name.split(".")
@@ -213,13 +273,89 @@ class Checkpoint:
         return names
 
     def check(self) -> None:
-        """Raise ``CheckpointError`` naming the missing tensors, if any."""
+        """Raise ``CheckpointError`` naming the missing tensors, if any, or the first whose shape
+        disagrees with ``config.json``."""
         missing = [n for n in self.required() if not self._has(n)]
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise CheckpointError(
                 f"{self.path}: {len(missing)} tensors are missing ({self.format} format): {shown}"
             )
+        if self.format != "hf-bf16":
+            try:
+                self.config.check_mxfp4()
+            except ValueError as e:
+                raise CheckpointError(f"{self.path / 'config.json'}: {e}") from None
+        for name, shape in self.expected_shapes().items():
+            found = self._where[name].shape(name)
+            if found != shape:
+                raise CheckpointError(
+                    f"{self._where[name].path}: tensor {name} has shape {list(found)}, but config.json "
+                    f"(hidden_size, vocab_size, heads, experts ...) implies {list(shape)}"
+                )
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape ``config.json`` implies for each on-disk tensor this format needs."""
+        c = self.config
+        v, h, e, i2 = c.vocab_size, c.hidden_size, c.num_experts, c.intermediate_size
+        q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+        if self.format == "original":
+            shapes: dict[str, tuple[int, ...]] = {
+                "embedding.weight": (v, h),
+                "norm.scale": (h,),
+                "unembedding.weight": (v, h),
+            }
+            for n in range(c.num_hidden_layers):
+                b = f"block.{n}."
+                shapes |= {
+                    b + "attn.norm.scale": (h,),
+                    b + "attn.qkv.weight": (q + 2 * kv, h),
+                    b + "attn.qkv.bias": (q + 2 * kv,),
+                    b + "attn.sinks": (c.num_attention_heads,),
+                    b + "attn.out.weight": (h, q),
+                    b + "attn.out.bias": (h,),
+                    b + "mlp.norm.scale": (h,),
+                    b + "mlp.gate.weight": (e, h),
+                    b + "mlp.gate.bias": (e,),
+                    b + "mlp.mlp1_bias": (e, 2 * i2),
+                    b + "mlp.mlp2_bias": (e, h),
+                    b + "mlp.mlp1_weight.blocks": (e, 2 * i2, h // 32, 16),
+                    b + "mlp.mlp1_weight.scales": (e, 2 * i2, h // 32),
+                    b + "mlp.mlp2_weight.blocks": (e, h, i2 // 32, 16),
+                    b + "mlp.mlp2_weight.scales": (e, h, i2 // 32),
+                }
+            return shapes
+        shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,), "lm_head.weight": (v, h)}
+        for n in range(c.num_hidden_layers):
+            b = f"model.layers.{n}."
+            x = b + "mlp.experts."
+            shapes |= {
+                b + "input_layernorm.weight": (h,),
+                b + "post_attention_layernorm.weight": (h,),
+                b + "self_attn.sinks": (c.num_attention_heads,),
+                b + "self_attn.q_proj.weight": (q, h),
+                b + "self_attn.q_proj.bias": (q,),
+                b + "self_attn.k_proj.weight": (kv, h),
+                b + "self_attn.k_proj.bias": (kv,),
+                b + "self_attn.v_proj.weight": (kv, h),
+                b + "self_attn.v_proj.bias": (kv,),
+                b + "self_attn.o_proj.weight": (h, q),
+                b + "self_attn.o_proj.bias": (h,),
+                b + "mlp.router.weight": (e, h),
+                b + "mlp.router.bias": (e,),
+                x + "gate_up_proj_bias": (e, 2 * i2),
+                x + "down_proj_bias": (e, h),
+            }
+            if self.format == "hf-mxfp4":
+                shapes |= {
+                    x + "gate_up_proj_blocks": (e, 2 * i2, h // 32, 16),
+                    x + "gate_up_proj_scales": (e, 2 * i2, h // 32),
+                    x + "down_proj_blocks": (e, h, i2 // 32, 16),
+                    x + "down_proj_scales": (e, h, i2 // 32),
+                }
+            else:
+                shapes |= {x + "gate_up_proj": (e, h, 2 * i2), x + "down_proj": (e, i2, h)}
+        return shapes
 
 
 def _find_dir(path: Path) -> Path:
@@ -244,19 +380,26 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     if not cfg_path.exists():
         raise CheckpointError(f"{root} has no config.json: not a gpt-oss checkpoint directory")
     try:
-        raw_cfg = json.loads(cfg_path.read_text())
-        config = ModelConfig.from_json(raw_cfg)
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{cfg_path} is not a gpt-oss config: {type(e).__name__}: {e}") from e
-    if "model_type" in raw_cfg and raw_cfg["model_type"] != "gpt_oss":
+        raw_cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{cfg_path} is not readable JSON: {e}") from None
+    if isinstance(raw_cfg, dict) and "model_type" in raw_cfg and raw_cfg["model_type"] != "gpt_oss":
         raise CheckpointError(f"{cfg_path}: model_type is {raw_cfg['model_type']!r}, expected 'gpt_oss'")
+    try:
+        config = ModelConfig.from_json(raw_cfg)
+    except ValueError as e:
+        raise CheckpointError(f"{cfg_path} is not a usable gpt-oss config: {e}") from None
 
     index = root / "model.safetensors.index.json"
     if index.exists():
         try:
             weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as e:
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise ValueError("weight_map is not an object of file names")
+        except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{index} is not a safetensors index: {e}") from e
+        if any(Path(s).is_absolute() or ".." in Path(s).parts for s in weight_map.values()):
+            raise CheckpointError(f"{index}: weight_map names a file outside {root}")
         shard_names = sorted(set(weight_map.values()))
         absent = [s for s in shard_names if not (root / s).exists()]
         if absent:

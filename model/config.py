@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -21,9 +22,9 @@ class ModelConfig:
     vocab_size: int = 201088
     """Rows of the embedding and the unembedding."""
     hidden_size: int = 2880
-    """Width of the residual stream (a multiple of 32: MXFP4 blocks)."""
+    """Width of the residual stream (a multiple of 32 where the experts are MXFP4: its block size)."""
     intermediate_size: int = 2880
-    """Width of one expert's SwiGLU (a multiple of 32)."""
+    """Width of one expert's SwiGLU (a multiple of 32 for MXFP4 experts)."""
     swiglu_limit: float = 7.0
     """Clamp of the gate (above) and the linear half (both sides)."""
     swiglu_alpha: float = 1.702
@@ -50,6 +51,18 @@ class ModelConfig:
     """Per layer, "sliding_attention" or "full_attention"; empty means even layers slide."""
 
     def __post_init__(self) -> None:
+        for name, (low, high) in _INT_LIMITS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            if not low <= value <= high:
+                raise ValueError(f"{name} must be between {low} and {high:,}, got {value:,}")
+        for name, positive in _FLOAT_FIELDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            if positive and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
         if not self.layer_types:
             types = tuple(
                 "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(self.num_hidden_layers)
@@ -59,6 +72,21 @@ class ModelConfig:
             raise ValueError(
                 f"layer_types has {len(self.layer_types)} entries for {self.num_hidden_layers} layers"
             )
+        bad = [t for t in self.layer_types if t not in ("sliding_attention", "full_attention")]
+        if bad:
+            raise ValueError(f"layer_types holds {bad[0]!r}: expected sliding_attention or full_attention")
+        if self.experts_per_token > self.num_experts:
+            raise ValueError(
+                f"experts_per_token ({self.experts_per_token}) is more than num_experts ({self.num_experts})"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) is not a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+
+    def check_mxfp4(self) -> None:
+        """Raise ``ValueError`` unless the expert widths fit MXFP4's 32-value blocks."""
         for name in ("hidden_size", "intermediate_size"):
             if getattr(self, name) % 32:
                 raise ValueError(f"{name}={getattr(self, name)} is not a multiple of 32 (MXFP4 block size)")
@@ -150,10 +178,35 @@ class ModelConfig:
         return cfg
 
     @classmethod
-    def from_json(cls, cfg: dict[str, Any]) -> ModelConfig:
-        """Read either format's ``config.json`` (Hugging Face when ``model_type`` is present)."""
+    def from_json(cls, cfg: Any) -> ModelConfig:
+        """Read either format's ``config.json`` (Hugging Face when ``model_type`` is present).
+
+        Raises ``ValueError`` naming the field for a value of the wrong type, out of range or
+        missing (the message uses the file's own key where it differs from ours).
+        """
+        if not isinstance(cfg, dict):
+            raise ValueError(f"the file holds a JSON {type(cfg).__name__}, expected an object")
+        try:
+            return cls._from_json(cfg)
+        except KeyError as e:
+            raise ValueError(f"the field {e.args[0]} is missing") from None
+        except ValueError as e:
+            message = str(e)
+            if "model_type" in cfg or "num_local_experts" in cfg:
+                for ours, theirs in _HF_NAMES.items():
+                    if message.startswith(ours + " ") or message.startswith(ours + "="):
+                        message = theirs + message[len(ours) :]
+                        break
+            raise ValueError(message) from None
+        except TypeError as e:
+            raise ValueError(f"a field has the wrong type ({e})") from None
+
+    @classmethod
+    def _from_json(cls, cfg: dict[str, Any]) -> ModelConfig:
         if "model_type" in cfg or "num_local_experts" in cfg:
             rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+            if not isinstance(rope, dict):
+                raise ValueError(f"rope_scaling must be an object, got {rope!r}")
             return cls(
                 num_hidden_layers=cfg["num_hidden_layers"],
                 num_experts=cfg["num_local_experts"],
@@ -167,7 +220,7 @@ class ModelConfig:
                 num_key_value_heads=cfg["num_key_value_heads"],
                 sliding_window=cfg.get("sliding_window") or 128,
                 initial_context_length=rope.get("original_max_position_embeddings", 4096),
-                rope_theta=cfg.get("rope_theta", rope.get("rope_theta", 150000.0)),
+                rope_theta=cfg["rope_theta"] if "rope_theta" in cfg else rope.get("rope_theta", 150000.0),
                 rope_scaling_factor=rope.get("factor", 32.0),
                 rope_ntk_alpha=rope.get("beta_slow", 1.0),
                 rope_ntk_beta=rope.get("beta_fast", 32.0),
@@ -180,6 +233,45 @@ class ModelConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+_INT_LIMITS: dict[str, tuple[int, int]] = {
+    "num_hidden_layers": (1, 1024),
+    "num_experts": (1, 4096),
+    "experts_per_token": (1, 4096),
+    "vocab_size": (1, 1 << 24),
+    "hidden_size": (1, 1 << 17),
+    "intermediate_size": (1, 1 << 18),
+    "head_dim": (1, 1024),
+    "num_attention_heads": (1, 1024),
+    "num_key_value_heads": (1, 1024),
+    "sliding_window": (1, 1 << 24),
+    "initial_context_length": (1, 1 << 24),
+    "max_position_embeddings": (1, 1 << 24),
+}
+"""Integer fields and the range each may take: generous bounds (gpt-oss-120b is far inside them)
+that refuse what no machine could hold (a 10^12-row vocabulary, a 10^15-token context)."""
+
+_FLOAT_FIELDS: dict[str, bool] = {
+    "swiglu_limit": True,
+    "swiglu_alpha": False,
+    "rope_theta": True,
+    "rope_scaling_factor": True,
+    "rope_ntk_alpha": False,
+    "rope_ntk_beta": False,
+    "rms_norm_eps": True,
+}
+"""Float fields, each True when it must also be positive."""
+
+_HF_NAMES = {
+    "num_experts": "num_local_experts",
+    "experts_per_token": "num_experts_per_tok",
+    "initial_context_length": "rope_scaling.original_max_position_embeddings",
+    "rope_scaling_factor": "rope_scaling.factor",
+    "rope_ntk_alpha": "rope_scaling.beta_slow",
+    "rope_ntk_beta": "rope_scaling.beta_fast",
+}
+"""Our field names that a Hugging Face ``config.json`` spells differently."""
 
 
 PRESETS: dict[str, ModelConfig] = {

@@ -98,7 +98,7 @@ def test_missing_directory_and_files(tmp_path, dirs):
     with pytest.raises(CheckpointError, match=r"no \*.safetensors"):
         open_checkpoint(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="not a gpt-oss config"):
+    with pytest.raises(CheckpointError, match=r"config\.json is not readable JSON"):
         open_checkpoint(tmp_path)
 
 
@@ -137,3 +137,164 @@ def test_hf_config_round_trips():
         cfg = PRESETS[name]
         assert ModelConfig.from_json(cfg.to_hf_json(mxfp4=True)) == cfg
         assert ModelConfig.from_json(cfg.to_original_json()) == cfg
+
+
+# -- plain checkpoints of any size (the multiple-of-32 rule is MXFP4's alone) ----------------
+
+
+def test_plain_checkpoint_of_odd_sizes_matches_transformers(tmp_path):
+    """A checkpoint written by transformers itself (not our generator), hidden 72, intermediate 40."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GptOssConfig(
+        num_hidden_layers=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        vocab_size=300,
+        hidden_size=72,
+        intermediate_size=40,
+        head_dim=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+    )
+    torch.manual_seed(0)
+    theirs = transformers.GptOssForCausalLM(config).eval()
+    with torch.no_grad():  # random biases and sinks, so the comparison exercises them
+        for name, p in theirs.named_parameters():
+            if name.endswith(("bias", "sinks")):
+                p.normal_(0, 0.5)
+    theirs.save_pretrained(tmp_path / "odd")
+    ckpt = open_checkpoint(tmp_path / "odd")
+    assert ckpt.format == "hf-bf16" and ckpt.config.hidden_size == 72
+    w = ckpt.experts(0, "mlp1")
+    assert isinstance(w, torch.Tensor) and w.is_contiguous() and tuple(w.shape) == (4, 80, 72)
+    ours = LocalEngine.from_checkpoint(tmp_path / "odd", device="cpu", dtype="fp32")
+    ids = torch.randint(0, 300, (20,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = theirs(ids[None]).logits[0]
+    torch.testing.assert_close(ours.model(ids), expected, atol=1e-4, rtol=0)
+
+
+def test_mxfp4_checkpoint_still_needs_multiples_of_32(tmp_path, dirs):
+    import shutil
+
+    shutil.copytree(dirs["hf-mxfp4"], tmp_path / "c")
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())
+    cfg["hidden_size"] = 72
+    (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"config\.json: hidden_size=72 is not a multiple of 32"):
+        open_checkpoint(tmp_path / "c")
+
+
+# -- broken and absurd checkpoints: one sentence naming the file and the field (issue 18) ----
+
+
+def _header_file(path, header: bytes, data: bytes = b"", *, length: int | None = None) -> None:
+    """A file laid out as safetensors: 8-byte length (``length`` overrides it), header, data."""
+    path.write_bytes((len(header) if length is None else length).to_bytes(8, "little") + header + data)
+
+
+@pytest.mark.parametrize(
+    ("hf_edit", "words"),
+    [
+        ({"vocab_size": -5}, ["config.json", "vocab_size", "-5"]),
+        ({"vocab_size": 10**12}, ["config.json", "vocab_size"]),
+        ({"hidden_size": 10**9}, ["config.json", "hidden_size"]),
+        ({"max_position_embeddings": 10**15}, ["config.json", "max_position_embeddings"]),
+        ({"num_local_experts": 0}, ["config.json", "num_local_experts", "0"]),
+        ({"num_experts_per_tok": 64}, ["config.json", "num_experts_per_tok", "64"]),
+        ({"num_attention_heads": 0}, ["config.json", "num_attention_heads"]),
+        ({"num_key_value_heads": 0}, ["config.json", "num_key_value_heads"]),
+        ({"num_key_value_heads": 3}, ["config.json", "num_key_value_heads"]),
+        ({"rope_theta": "NaN"}, ["config.json", "rope_theta", "finite"]),
+        ({"rope_theta": float("nan")}, ["config.json", "rope_theta", "finite"]),
+        ({"rms_norm_eps": 0}, ["config.json", "rms_norm_eps", "positive"]),
+        ({"hidden_size": 128.5}, ["config.json", "hidden_size", "integer"]),
+        ({"num_hidden_layers": True}, ["config.json", "num_hidden_layers", "integer"]),
+        ({"rope_scaling": {"factor": -1, "original_max_position_embeddings": 4096}}, ["rope_scaling.factor"]),
+        ({"rope_scaling": [1, 2]}, ["config.json", "rope_scaling"]),
+        ({"layer_types": ["sliding_attention", "banana"]}, ["config.json", "banana"]),
+        ({"num_local_experts": None}, ["config.json", "num_local_experts"]),
+        ({"hidden_size": 256}, ["model.safetensors", "shape", "hidden_size"]),
+        ({"vocab_size": 1000}, ["model.safetensors", "model.embed_tokens.weight", "[512, 128]"]),
+    ],
+)
+def test_bad_configs_are_one_sentence(tmp_path, dirs, hf_edit, words):
+    import shutil
+
+    shutil.copytree(dirs["hf-mxfp4"], tmp_path / "c")
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())
+    cfg.update(hf_edit)
+    (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError) as info:
+        open_checkpoint(tmp_path / "c")
+    message = str(info.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, message
+
+
+def test_config_that_is_not_an_object(tmp_path, dirs):
+    import shutil
+
+    shutil.copytree(dirs["hf-mxfp4"], tmp_path / "c")
+    (tmp_path / "c" / "config.json").write_text("[1, 2, 3]")
+    with pytest.raises(CheckpointError, match=r"config\.json .*JSON list, expected an object"):
+        open_checkpoint(tmp_path / "c")
+    (tmp_path / "c" / "config.json").write_text(json.dumps({"model_type": "gpt_oss"}))
+    with pytest.raises(CheckpointError, match=r"config\.json .*field num_hidden_layers is missing"):
+        open_checkpoint(tmp_path / "c")
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda p: p.write_bytes(__import__("os").urandom(4096)), ["model.safetensors", "header"]),
+        (lambda p: p.write_bytes(b"\x01\x02"), ["model.safetensors", "only 2 bytes"]),
+        (lambda p: _header_file(p, b"{}", length=2**62), ["model.safetensors", str(2**62)]),
+        (lambda p: _header_file(p, b"nope"), ["model.safetensors", "not JSON"]),
+        (lambda p: _header_file(p, b"[]"), ["model.safetensors", "not a JSON object"]),
+        (
+            lambda p: _header_file(p, b'{"x":{"dtype":"F32","shape":[4],"data_offsets":[0,99]}}'),
+            ["model.safetensors", "tensor x", "data_offsets"],
+        ),
+        (
+            lambda p: _header_file(p, b'{"x":{"dtype":"F32","shape":[-4],"data_offsets":[0,0]}}', b"\0" * 16),
+            ["model.safetensors", "tensor x", "shape"],
+        ),
+        (
+            lambda p: _header_file(p, b'{"x":{"dtype":"F32","shape":[4],"data_offsets":[0,8]}}', b"\0" * 16),
+            ["model.safetensors", "tensor x", "needs 16 bytes"],
+        ),
+    ],
+)
+def test_broken_safetensors_are_one_sentence(tmp_path, dirs, make, words):
+    import shutil
+
+    shutil.copytree(dirs["hf-mxfp4"], tmp_path / "c")
+    make(tmp_path / "c" / "model.safetensors")
+    with pytest.raises(CheckpointError) as info:
+        open_checkpoint(tmp_path / "c")
+    message = str(info.value)
+    for word in words:
+        assert word in message, message
+
+
+def test_cli_reports_a_broken_checkpoint_in_one_sentence_exit_2(tmp_path, dirs):
+    import shutil
+
+    shutil.copytree(dirs["hf-mxfp4"], tmp_path / "c")
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())
+    cfg["num_experts_per_tok"] = 64
+    (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
+    proc = subprocess.run(
+        [sys.executable, "-m", "gptoss_agent.agent", "x", "--model", str(tmp_path / "c"), "--tools", "none"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "config.json" in line and "num_experts_per_tok" in line and line.endswith(".")
