@@ -39,6 +39,11 @@ class Limits:
                 raise ValueError(f"Limits.{f.name} must be a positive number, got {value!r}")
 
     @property
+    def shm_size(self) -> int:
+        """Size of ``/dev/shm`` in bytes: Docker's 64 MiB, or an eighth of ``memory`` if less."""
+        return min(64 * MiB, int(self.memory) // 8)
+
+    @property
     def max_file(self) -> int:
         """The largest file a process may write (RLIMIT_FSIZE): the larger of the two disks."""
         return max(self.data_disk, self.tmp_disk)

@@ -59,8 +59,9 @@ def sandbox_env(limits: Limits) -> dict[str, str]:
     }
 
 
-def describe_exit(code: int | None) -> str:
-    """An exit status in words: ``exit status 3``, ``killed by SIGSEGV``."""
+def describe_exit(code: int | None, *, memory_killed: bool | None = None) -> str:
+    """An exit status in words: ``exit status 3``, ``killed by SIGSEGV``. ``memory_killed``: whether
+    the memory limit killed a process (None when the backend cannot tell)."""
     if code is None:
         return "the Python process ended"
     number = -code if code < 0 else code - 128 if code > 128 else 0
@@ -70,8 +71,10 @@ def describe_exit(code: int | None) -> str:
         name = signal.Signals(number).name
     except ValueError:
         return f"exit status {code}"
-    if number == signal.SIGKILL:
+    if number == signal.SIGKILL and memory_killed is None:
         return "killed by SIGKILL: most likely the memory limit was reached"
+    if number == signal.SIGKILL and memory_killed:
+        return "killed by SIGKILL: the memory limit was reached"
     return f"killed by {name}"
 
 

@@ -16,3 +16,10 @@ def session(backend):
     s = open_backend(backend)
     yield s
     s.close()
+
+
+@pytest.fixture
+def session_bw():
+    s = open_backend("bubblewrap")
+    yield s
+    s.close()

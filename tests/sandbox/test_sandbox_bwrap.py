@@ -1,0 +1,210 @@
+"""The bubblewrap backend under attack: sessions started from short-lived threads, memory
+outside the limits (/dev/shm, /dev), the system calls Docker's profile denies, the cgroup
+limits, and what a user without root gets (as an unused uid, through setpriv)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from _sandbox_support import SMALL, MiB, assert_answers, open_backend
+
+pytestmark = pytest.mark.bwrap
+
+
+def in_thread(fn):
+    """``fn()`` in a thread that has ended when this returns (a tool call's worker)."""
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # re-raised below, in the test's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box.get("value")
+
+
+def test_sessions_outlive_the_threads_that_started_and_restarted_them():
+    session = in_thread(lambda: open_backend("bubblewrap"))
+    try:
+        assert in_thread(lambda: session.run("x = 41").error) is None
+        ex = in_thread(lambda: session.run("x + 1"))
+        assert ex.value == "42" and not ex.restarted, ex.output
+        ex = in_thread(lambda: session.run("while True:\n    pass", timeout=1))
+        assert ex.timed_out and ex.restarted
+        in_thread(lambda: session.run("y = 'after the restart'"))
+        ex = session.run("y")
+        assert ex.value == "'after the restart'" and not ex.restarted, ex.output
+    finally:
+        session.close()
+
+
+def test_the_agents_python_tool_keeps_state_without_a_docker_engine(monkeypatch):
+    import gptoss_agent.sandbox.docker as dk
+    from _sandbox_support import bwrap_ready
+    from gptoss_agent.agent import Agent
+    from gptoss_agent.agent.scripted import ScriptedEngine
+    from gptoss_agent.tools import Python
+
+    if bwrap_ready():
+        pytest.skip(bwrap_ready())
+    monkeypatch.setattr(dk, "docker_available", lambda: False)  # "auto" must pick bubblewrap
+    call = "<|channel|>analysis<|message|>Compute.<|end|><|start|>assistant to=python<|channel|>analysis<|message|>{}<|call|>"
+    engine = ScriptedEngine(
+        [
+            call.format("x = 41\nprint('set')"),
+            call.format("x + 1"),
+            call.format("while True:\n    pass"),
+            call.format("x = 7"),
+            call.format("x * 6"),
+            "<|channel|>final<|message|>42<|return|>",
+        ]
+    )
+    with Python(timeout=3) as tool:
+        result = Agent(engine, tools=[tool], max_steps=8).run("What is 41 + 1?")
+        assert tool.session.backend == "bubblewrap"
+    outputs = [c.output for c in result.tool_calls]
+    assert outputs[:2] == ["set\n", "42"], outputs
+    assert "Timed out after 3 s" in outputs[2]
+    assert outputs[3:] == ["", "42"], outputs
+    assert result.answer == "42"
+
+
+FILL_SHM = (
+    "n = 0\ntry:\n    for i in range(10**6):\n        with open(f'/dev/shm/fill{i}', 'wb') as f:\n"
+    "            for _ in range(4):\n                f.write(b'x' * 2**20); f.flush(); n += 1\n"
+    "except OSError as e:\n    err = e\nerr.errno, n"
+)
+"""Fills /dev/shm with files of 4 MiB (each under RLIMIT_FSIZE): (errno, MiB written)."""
+
+
+def test_dev_shm_and_dev_hold_no_memory_beyond_the_limits(session_bw):
+    ex = session_bw.run(FILL_SHM)
+    assert ex.value and ex.value.startswith("(28,"), ex.output  # ENOSPC
+    assert int(ex.value.split(",")[1].strip(" )")) <= SMALL.shm_size // MiB
+    ex = session_bw.run(
+        "import os\n[os.remove(f'/dev/shm/{f}') for f in os.listdir('/dev/shm')]\nres = []\nfor p in ('/dev/fill', '/dev/shm/ok'):\n"
+        "    try:\n        open(p, 'w').write('x')\n        res.append('wrote')\n    except OSError as e:\n"
+        "        res.append(e.errno)\nopen('/dev/null', 'w').write('fine'), res"
+    )
+    assert ex.value == "(4, [30, 'wrote'])", ex.output  # /dev read-only (EROFS), /dev/shm writable
+    assert_answers(session_bw)
+
+
+DENIED_CALLS = {
+    # name: (x86-64 number, arguments); each would succeed for an unprivileged process without
+    # the filter, or fail with another errno than EPERM.
+    "keyctl": (250, (0, -3, 0)),  # KEYCTL_GET_KEYRING_ID of the session keyring
+    "add_key": (248, (b"user", b"k", b"v", 1, -3)),
+    "ptrace": (101, (0, 0, 0, 0)),  # PTRACE_TRACEME
+    "userfaultfd": (323, (1,)),  # UFFD_USER_MODE_ONLY
+    "perf_event_open": (298, (0, 0, -1, -1, 0)),
+    "bpf": (321, (0, 0, 0)),
+    "unshare": (272, (0x20000,)),  # CLONE_NEWNS
+    "mount": (165, (b"none", b"/tmp", b"tmpfs", 0, 0)),
+    "io_uring_setup": (425, (1, 0)),
+    "process_vm_readv": (310, (1, 0, 0, 0, 0, 0)),
+    "clone": (56, (0x10000000 | 17, 0, 0, 0, 0)),  # CLONE_NEWUSER | SIGCHLD
+}
+
+
+def test_seccomp_denies_what_dockers_default_profile_denies(session_bw):
+    if os.uname().machine != "x86_64":
+        pytest.skip("the attack's system call numbers are x86-64's")
+    code = (
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.syscall.restype = ctypes.c_long\n"
+        f"calls = {DENIED_CALLS!r}\nres = {{}}\nfor name, (nr, args) in calls.items():\n"
+        "    ctypes.set_errno(0)\n    rc = libc.syscall(nr, *[ctypes.c_long(a) if isinstance(a, int) else a for a in args])\n"
+        "    res[name] = (rc, ctypes.get_errno())\n"
+        "ctypes.set_errno(0)\nres['clone3'] = (libc.syscall(435, 0, 0), ctypes.get_errno())\nres"
+    )
+    ex = session_bw.run(code)
+    results = eval(ex.value or "{}")  # a dict literal of ints
+    assert results == {**{name: (-1, 1) for name in DENIED_CALLS}, "clone3": (-1, 38)}, ex.output
+    ex = session_bw.run(
+        "import subprocess, threading, os\nt = threading.Thread(target=lambda: None); t.start(); t.join()\n"
+        "subprocess.run(['sh', '-c', 'echo child'], capture_output=True, text=True).stdout, os.fork() and os.wait()[1]"
+    )
+    assert ex.value == "('child\\n', 0)", ex.output  # threads, fork and exec still work
+    assert_answers(session_bw)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the cgroup limits need root or a delegated cgroup")
+def test_every_limit_holds_as_root(session_bw):
+    assert session_bw.unenforced == [], session_bw.unenforced
+    cgroup = session_bw._cgroup
+    assert cgroup is not None and cgroup.enforced == {"memory", "pids", "cpu"}
+    pid = session_bw._process.pid
+    mine = Path(f"/proc/{pid}/cgroup").read_text()
+    for path in cgroup.dirs:
+        assert path.name in mine  # bwrap (and so everything in the sandbox) is in the session's cgroup
+        files = {f.name: f for f in path.iterdir()}
+        for key in ("memory.max", "memory.limit_in_bytes"):
+            if key in files:
+                assert int(files[key].read_text()) == SMALL.memory
+        if "pids.max" in files:
+            assert files["pids.max"].read_text().strip() == str(SMALL.pids)
+
+
+AS_UNUSED_UID = ["setpriv", "--reuid", "64999", "--regid", "64999", "--clear-groups"]
+USER_SCRIPT = r"""
+import json, logging, sys
+logging.basicConfig(format="%(message)s")
+from gptoss_agent.sandbox import Limits, SandboxError, open_sandbox
+limits = Limits(**json.loads(sys.argv[1]))
+try:
+    open_sandbox("bubblewrap", limits=limits, strict=True).close()
+    strict = "started"
+except SandboxError as exc:
+    strict = str(exc)
+with open_sandbox("bubblewrap", limits=limits) as s:
+    fill = s.run(sys.argv[2]).value
+    big = s.run("x = bytearray(2 * 2**30)").error or ""
+    print(json.dumps({"strict": strict, "unenforced": s.unenforced, "fill": fill, "big": big[-60:]}))
+"""
+
+
+def test_as_a_user_the_missing_limits_are_said_and_strict_refuses():
+    """bubblewrap as an unprivileged user (an unused uid through setpriv): no cgroup here, so the
+    memory and CPU limits do not hold for the session; one warning line says so, strict=True
+    refuses, and /dev/shm stays within its size."""
+    from _sandbox_support import bwrap_ready
+
+    if bwrap_ready():
+        pytest.skip(bwrap_ready())
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv (util-linux) to become an unused uid")
+    limits = {"memory": 384 * MiB, "timeout": 20, "data_disk": 16 * MiB, "tmp_disk": 16 * MiB}
+    done = subprocess.run(
+        [*AS_UNUSED_UID, sys.executable, "-c", USER_SCRIPT, json.dumps(limits), FILL_SHM],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent", "PYTHONPATH": ""},
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("bubblewrap sandbox as uid")]
+    if report["unenforced"]:
+        assert all(u in report["strict"] for u in report["unenforced"]) and "strict" in report["strict"]
+        assert len(warnings) == 1 and all(u in warnings[0] for u in report["unenforced"]), done.stderr
+    else:
+        assert report["strict"] == "started" and warnings == []
+    if not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):  # cgroup v1: nothing for a user
+        assert "memory=384 MiB holds per process (RLIMIT_AS), not for the session" in report["unenforced"]
+        assert "cpus=1 is not enforced" in report["unenforced"]
+    assert report["fill"].startswith("(28,") and int(report["fill"].split(",")[1].strip(" )")) <= 48
+    assert "MemoryError" in report["big"], report
