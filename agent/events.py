@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Any, TypeAlias
 
 from gptoss_agent.agent.messages import Message
+from gptoss_agent.tools.text import clean_json
 
 __all__ = [
     "AgentEvent",
@@ -123,16 +124,18 @@ class RunResult:
         return self.stop_reason is StopReason.ANSWER
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (messages in openai-harmony's message JSON)."""
-        return {
-            "answer": self.answer,
-            "stop_reason": self.stop_reason.value,
-            "steps": self.steps,
-            "elapsed": round(self.elapsed, 4),
-            "usage": self.usage.to_dict(),
-            "tool_calls": [c.to_dict() for c in self.tool_calls],
-            "messages": [m.to_dict() for m in self.new_messages],
-        }
+        """JSON-ready form (messages in openai-harmony's message JSON; text made valid Unicode)."""
+        return clean_json(
+            {
+                "answer": self.answer,
+                "stop_reason": self.stop_reason.value,
+                "steps": self.steps,
+                "elapsed": round(self.elapsed, 4),
+                "usage": self.usage.to_dict(),
+                "tool_calls": [c.to_dict() for c in self.tool_calls],
+                "messages": [m.to_dict() for m in self.new_messages],
+            }
+        )
 
 
 _USAGE_SCHEMA = {
@@ -290,16 +293,14 @@ _EVENT_NAMES: dict[type, str] = {
 
 
 def event_to_dict(event: AgentEvent) -> dict[str, Any]:
-    """``{"type": "answer_delta", ...fields}``: one JSON line of ``gptoss-agent --jsonl``."""
+    """``{"type": "answer_delta", ...fields}``: one JSON line of ``gptoss-agent --jsonl``
+    (every string valid Unicode, so the line always encodes as UTF-8)."""
     kind = _EVENT_NAMES[type(event)]
     if isinstance(event, RunDone):
         return {"type": kind, "result": event.result.to_dict()}
     if isinstance(event, ToolCallFinished):
-        return {"type": kind, **event.call.to_dict()}
-    if isinstance(event, StepDone):
-        data = asdict(event)
-        return {"type": kind, **data}
-    return {"type": kind, **asdict(event)}
+        return clean_json({"type": kind, **event.call.to_dict()})
+    return clean_json({"type": kind, **asdict(event)})
 
 
 __all__ += ["RESULT_JSON_SCHEMA", "event_to_dict"]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from gptoss_agent.agent.messages import Message
+from gptoss_agent.tools.text import clean_json
 
 __all__ = ["Transcript", "TranscriptError", "load_transcript"]
 
@@ -42,7 +43,8 @@ class Transcript:
         """Write one message as a JSON line and flush it to the OS."""
         if self._file is None:
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 -- held open across appends
-        self._file.write(json.dumps(message.to_dict(), ensure_ascii=False) + "\n")
+        line = json.dumps(clean_json(message.to_dict()), ensure_ascii=False)  # always valid UTF-8
+        self._file.write(line + "\n")
         self._file.flush()
 
     def load(self) -> list[Message]:
@@ -73,7 +75,7 @@ def load_transcript(path: str | os.PathLike[str]) -> list[Message]:
         FileNotFoundError: no such file.
         TranscriptError: a complete line is not a harmony message.
     """
-    text = Path(path).read_text(encoding="utf-8")
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
     lines = text.split("\n")
     if lines and lines[-1] != "":
         lines = lines[:-1]  # cut off mid-write
@@ -82,7 +84,7 @@ def load_transcript(path: str | os.PathLike[str]) -> list[Message]:
         if not line.strip():
             continue
         try:
-            messages.append(Message.from_dict(json.loads(line)))
+            messages.append(Message.from_dict(clean_json(json.loads(line))))
         except (ValueError, KeyError, TypeError) as e:
             raise TranscriptError(f"{path}, line {number}: not a harmony message ({e})") from e
     return messages

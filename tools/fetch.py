@@ -17,6 +17,7 @@ import json
 import re
 import socket
 import ssl
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -49,6 +50,9 @@ _JSON_TYPES = {"application/json", "application/ld+json", "text/json"}
 _TEXT_TYPES = {"application/xml", "application/javascript", "application/x-javascript", "application/rss+xml"}
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
 _METADATA_HOSTS = {"metadata.google.internal", "metadata", "instance-data"}
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IETF_PROTOCOL = ipaddress.ip_network("192.0.0.0/24")
+"""IETF protocol assignments (DS-Lite, NAT64 discovery...): never a web server."""
 
 
 class FetchError(ToolError):
@@ -109,12 +113,17 @@ def system_resolver(host: str, port: int) -> list[str]:
 
 def is_public_address(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """True if the address is globally routable unicast: not loopback, private, link-local
-    (cloud metadata lives at 169.254.169.254), unspecified, multicast or reserved."""
+    (cloud metadata lives at 169.254.169.254), unspecified, multicast or reserved, nor one of
+    those embedded in an IPv6 address (IPv4-mapped, NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``)."""
     ip = ipaddress.ip_address(address) if isinstance(address, str) else address
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    if isinstance(ip, ipaddress.IPv6Address) and ip in ipaddress.ip_network("64:ff9b::/96"):
+    if isinstance(ip, ipaddress.IPv6Address) and ip in _NAT64:
         ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)  # NAT64 embeds an IPv4 address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.sixtofour is not None:
+        ip = ip.sixtofour  # 6to4 relays reach the embedded IPv4 address
+    if isinstance(ip, ipaddress.IPv4Address) and ip in _IETF_PROTOCOL:
+        return False
     if ip.is_multicast or ip.is_reserved or ip.is_loopback or ip.is_link_local or ip.is_unspecified:
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
@@ -207,6 +216,7 @@ async def _fetch(url: str, config: FetchConfig) -> Document:
     headers = {
         "User-Agent": config.user_agent,
         "Accept": "text/html,application/xhtml+xml,text/plain,application/json;q=0.9,*/*;q=0.5",
+        "Accept-Encoding": "gzip, deflate",
     }
     async with httpx.AsyncClient(
         timeout=timeout,
@@ -271,19 +281,115 @@ async def _send(
 
 
 async def _read_capped(response: httpx.Response, url: str, max_bytes: int) -> tuple[bytes, bool]:
+    """The body, decoded from its content encodings, cut at ``max_bytes`` (and whether it was).
+
+    httpx would inflate a whole layer of a chunk before anyone counts the bytes (``gzip, gzip``:
+    1.8 kB became 2 GB); here each layer gives at most ``_CHUNK`` bytes at a time, so memory stays
+    within ``max_bytes`` plus a few chunks whatever the encodings.
+    """
+    layers = _content_layers(response, url)
     chunks: list[bytes] = []
-    size = 0
+    size = raw_size = 0
     try:
-        async for chunk in response.aiter_bytes():
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > max_bytes:
+        async for raw in response.aiter_raw():
+            raw_size += len(raw)
+            if not layers:
+                chunks.append(raw)
+                size += len(raw)
+            else:
+                layers[0].push(raw)
+                while data := _pull(layers, len(layers) - 1, min(_CHUNK, max_bytes + 1 - size)):
+                    chunks.append(data)
+                    size += len(data)
+                    if size > max_bytes:
+                        break
+            if size > max_bytes or raw_size > max_bytes:
+                if layers and size > _BOMB_RATIO * raw_size:
+                    raise FetchError(
+                        f"`{url}` is a compression bomb: {raw_size:,} bytes expand past the "
+                        f"{max_bytes:,}-byte page limit; it was not opened."
+                    )
                 return b"".join(chunks)[:max_bytes], True
     except httpx.TimeoutException:
         raise FetchError(f"Timed out while reading `{url}`.") from None
     except httpx.HTTPError as e:
         raise FetchError(f"Connection broke while reading the page: {type(e).__name__}: {e}.") from None
+    except zlib.error as e:
+        raise FetchError(f"`{url}` sent a corrupt compressed body ({e}).") from None
     return b"".join(chunks), False
+
+
+_CHUNK = 65_536
+_MAX_ENCODINGS = 3
+_BOMB_RATIO = 1_000
+"""A body that expands more than this many times past the size cap is refused, not cut."""
+_NO_ENCODING = {"", "identity", "none"}
+
+
+def _content_layers(response: httpx.Response, url: str) -> list[_Inflate]:
+    """Decoders for the response's ``Content-Encoding``, outermost (applied last) first."""
+    names = [e.strip().lower() for e in response.headers.get_list("content-encoding", split_commas=True)]
+    names = [name for name in names if name not in _NO_ENCODING]
+    for name in names:
+        if name not in ("gzip", "x-gzip", "deflate"):
+            raise FetchError(
+                f"`{url}` is compressed with `{name}`, which the browser cannot decode (gzip and deflate only)."
+            )
+    if len(names) > _MAX_ENCODINGS:
+        raise FetchError(
+            f"`{url}` is compressed {len(names)} times over (Content-Encoding: {', '.join(names)}); "
+            "the browser decodes at most three layers."
+        )
+    return [_Inflate(name) for name in reversed(names)]
+
+
+class _Inflate:
+    """One gzip or deflate layer that inflates at most ``limit`` bytes per ``pull``."""
+
+    def __init__(self, encoding: str) -> None:
+        self.gzip = encoding != "deflate"
+        self.pending = b""
+        self._inflater: Any = None
+        self._more = False  # the last pull filled its limit: output may wait inside zlib
+
+    def push(self, data: bytes) -> None:
+        self.pending = self.pending + data if self.pending else data
+
+    def pull(self, limit: int) -> bytes:
+        if not self.pending and not self._more:
+            return b""
+        if self._inflater is None:
+            self._inflater = zlib.decompressobj(self._wbits())
+        out: bytes = self._inflater.decompress(self.pending, limit)
+        self.pending = self._inflater.unconsumed_tail
+        self._more = len(out) == limit
+        if self._inflater.eof:
+            rest = self._inflater.unused_data
+            self._inflater = None
+            # gzip members may follow one another; anything after a deflate stream is ignored
+            self.pending = rest + self.pending if self.gzip and rest.lstrip(b"\0") else b""
+        return out
+
+    def _wbits(self) -> int:
+        if self.gzip:
+            return 16 + zlib.MAX_WBITS
+        head = self.pending[:2]  # "deflate" is zlib-wrapped by the standard, raw by some servers
+        is_zlib = len(head) == 2 and head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0
+        return zlib.MAX_WBITS if is_zlib else -zlib.MAX_WBITS
+
+
+def _pull(layers: list[_Inflate], i: int, limit: int) -> bytes:
+    """Up to ``limit`` decoded bytes out of layer ``i``, feeding it from the layers before."""
+    layer = layers[i]
+    while True:
+        if out := layer.pull(limit):
+            return out
+        if i == 0:
+            return b""
+        upstream = _pull(layers, i - 1, _CHUNK)
+        if not upstream:
+            return b""
+        layer.push(upstream)
 
 
 def _media_type(response: httpx.Response, body: bytes) -> tuple[str, str | None]:

@@ -27,6 +27,7 @@ from gptoss_agent.sandbox.base import SandboxError
 from gptoss_agent.tools.base import NamespaceSpec, Tool, ToolError, ToolOutput
 from gptoss_agent.tools.function import FunctionTool
 from gptoss_agent.tools.schema import ArgumentError, check_arguments, compile_validator, validation_schema
+from gptoss_agent.tools.text import clean, clean_json
 from jsonschema.protocols import Validator
 
 __all__ = ["Route", "Toolbox"]
@@ -221,7 +222,7 @@ class Toolbox:
         try:
             async with scope:
                 output = await route.tool.acall(route.function, body)
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # sys.exit() in a tool ends the call, not the run
             if isinstance(e, TimeoutError) and scope.expired():
                 return self._finish(self._timed_out(route), start)
             return self._finish(self._failure(route, e), start)
@@ -240,7 +241,7 @@ class Toolbox:
                 return route, _error(route.name, str(e), e.kind)
         return route, None
 
-    def _failure(self, route: Route, error: Exception) -> ToolOutput:
+    def _failure(self, route: Route, error: Exception | SystemExit) -> ToolOutput:
         """An exception from a tool, as the model should read it (runtime failures propagate)."""
         if isinstance(error, SandboxError):
             raise error
@@ -261,7 +262,8 @@ class Toolbox:
         return output
 
     def _finish(self, output: ToolOutput, start: float) -> ToolOutput:
-        output.content = truncate(output.content, self.max_chars, output.metadata)
+        output.content = truncate(clean(output.content), self.max_chars, output.metadata)
+        output.metadata = clean_json(output.metadata)
         output.duration = time.perf_counter() - start
         return output
 

@@ -1,0 +1,144 @@
+"""Hostile pages against the real browser: real HTTP servers on 127.0.0.1 serving compression
+bombs, pathological HTML, broken charsets; and the address checks' embedded-IPv4 forms."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import tracemalloc
+import zlib
+
+import pytest
+from gptoss_agent.tools.fetch import BlockedURL, FetchConfig, FetchError, check_url, fetch, is_public_address
+from websim import Request, Response, Server
+
+ZEROS = 64 * 2**20
+
+
+def _gzip_stream(size: int) -> bytes:
+    """gzip of ``size`` zero bytes, compressed a MiB at a time (never held whole)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(2**20)
+    out = [packer.compress(block) for _ in range(size // 2**20)]
+    return b"".join(out) + packer.flush()
+
+
+@pytest.fixture(scope="module")
+def bombs():
+    inner = _gzip_stream(ZEROS)  # 64 MiB of zeros in ~64 kB
+    twice = gzip.compress(inner, 9)
+    return {"/bomb2": (twice, "gzip, gzip"), "/bomb3": (gzip.compress(twice, 9), "gzip,gzip, gzip")}
+
+
+@pytest.fixture(scope="module")
+def site(bombs):
+    page = "<html><body><p>" + "Tidal power, gently compressed. " * 2000 + "</p></body></html>"
+    packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)  # "deflate" as some servers send it
+    raw_deflate = packer.compress(page.encode()) + packer.flush()
+
+    def handler(request: Request) -> Response:
+        html = {"Content-Type": "text/html; charset=utf-8"}
+        if request.path in bombs:
+            body, encoding = bombs[request.path]
+            return Response(200, body, {**html, "Content-Encoding": encoding})
+        if request.path == "/gzip":
+            return Response(200, gzip.compress(page.encode()), {**html, "Content-Encoding": "gzip"})
+        if request.path == "/gzip2":
+            body = gzip.compress(gzip.compress(page.encode()))
+            return Response(200, body, {**html, "Content-Encoding": "gzip, gzip"})
+        if request.path == "/deflate":
+            return Response(200, zlib.compress(page.encode()), {**html, "Content-Encoding": "deflate"})
+        if request.path == "/raw-deflate":
+            return Response(200, raw_deflate, {**html, "Content-Encoding": "deflate"})
+        if request.path == "/members":  # two gzip members back to back
+            body = gzip.compress(page[:1000].encode()) + gzip.compress(page[1000:].encode())
+            return Response(200, body, {**html, "Content-Encoding": "gzip"})
+        if request.path == "/br":
+            return Response(200, b"\x1b\x00\x00", {**html, "Content-Encoding": "br"})
+        if request.path == "/four":
+            body = page.encode()
+            for _ in range(4):
+                body = gzip.compress(body)
+            return Response(200, body, {**html, "Content-Encoding": "gzip, gzip, gzip, gzip"})
+        if request.path == "/corrupt":
+            body = b"\x1f\x8b\x09" + gzip.compress(page.encode())[3:]  # not deflate's method number
+            return Response(200, body, {**html, "Content-Encoding": "gzip"})
+        return Response(404, b"no")
+
+    with Server(handler) as server:
+        server.page = page
+        yield server
+
+
+def get(site: Server, path: str, **config) -> object:
+    options = {"allow_private_urls": True, "max_bytes": 5_000_000, **config}
+    return asyncio.run(fetch(site.url + path, FetchConfig(**options)))
+
+
+@pytest.mark.parametrize("path", ["/bomb2", "/bomb3"])
+def test_stacked_compression_bomb_is_refused_within_the_byte_budget(site, bombs, path):
+    assert len(bombs[path][0]) < 20_000  # what crosses the wire is small...
+    tracemalloc.start()
+    try:
+        with pytest.raises(
+            FetchError, match=r"compression bomb: [\d,]+ bytes expand past the 1,000,000-byte"
+        ):
+            get(site, path, max_bytes=1_000_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # ...and 64 MiB behind it; decoding stays within the cap plus a few 64 kB chunks
+    assert peak < 8_000_000, f"{peak:,} bytes allocated"
+
+
+@pytest.mark.parametrize("path", ["/gzip", "/gzip2", "/deflate", "/raw-deflate", "/members"])
+def test_content_encodings_still_decode(site, path):
+    doc = get(site, path)
+    assert doc.text == site.page and not doc.truncated
+
+
+def test_a_compressed_page_over_the_cap_is_cut_like_any_other(site):
+    doc = get(site, "/gzip2", max_bytes=10_000)
+    assert doc.truncated and site.page.startswith(doc.text) and len(doc.text) == 10_000
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/br", r"compressed with `br`, which the browser cannot decode"),
+        ("/four", r"compressed 4 times over \(Content-Encoding: gzip, gzip, gzip, gzip\)"),
+        ("/corrupt", r"sent a corrupt compressed body"),
+    ],
+)
+def test_encodings_it_cannot_decode_are_one_sentence(site, path, message):
+    with pytest.raises(FetchError, match=message):
+        get(site, path)
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("2002:7f00:1::", False),  # 6to4 of 127.0.0.1
+        ("2002:a00:5::1", False),  # 6to4 of 10.0.0.5
+        ("2002:a9fe:a9fe::", False),  # 6to4 of the metadata address
+        ("2002:5db8:d822::1", True),  # 6to4 of a public address
+        ("64:ff9b::7f00:1", False),  # NAT64 of 127.0.0.1
+        ("64:ff9b::a9fe:a9fe", False),
+        ("64:ff9b::5db8:d822", True),
+        ("64:ff9b:1::a00:5", False),  # local-use NAT64
+        ("::ffff:192.0.0.8", False),
+        ("192.0.0.8", False),
+        ("192.0.0.1", False),
+        ("192.0.1.1", True),
+    ],
+)
+def test_embedded_and_protocol_addresses(address, public):
+    assert is_public_address(address) is public
+
+
+@pytest.mark.parametrize("host", ["[2002:7f00:1::]", "[64:ff9b::7f00:1]", "192.0.0.8", "[2002:c0a8:101::]"])
+def test_check_url_refuses_embedded_private_addresses(host):
+    with pytest.raises(BlockedURL, match="internal address"):
+        check_url(f"http://{host}/")
+    with pytest.raises(BlockedURL):
+        check_url("http://sneaky.test/", resolver=lambda name, port: [host.strip("[]")])

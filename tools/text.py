@@ -1,0 +1,64 @@
+"""One policy for text that comes from outside: web pages, tool results, the model, the user.
+
+Python strings may hold what no file or terminal accepts: unpaired surrogates (``"\\ud800"``
+from a JSON escape, or the ``surrogateescape`` form of a bad byte in ``sys.argv``) cannot be
+written as UTF-8, and control characters (``ESC [ 2 J``, OSC 8 links) act on a terminal instead
+of showing. The rules, applied where text enters and again by every writer:
+
+- ``clean(text)``: a surrogate pair becomes the character it encodes, an unpaired surrogate
+  becomes U+FFFD. The result always encodes as UTF-8.
+- ``decode(data, charset)``: bytes in a known charset, each invalid sequence replaced by U+FFFD.
+- ``clean_json(value)``: ``clean`` applied to every string (keys too) of a JSON-ready value.
+- ``for_terminal(text)``: ``clean``, then C0 and C1 controls, DEL and ESC shown as visible escapes
+  (``\\x1b``, ``\\x9b``, ``\\r``); ``\\n`` and ``\\t`` stay, ``\\r\\n`` becomes ``\\n``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+__all__ = ["clean", "clean_json", "decode", "for_terminal"]
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NAMED = {0x0D: "\\r", 0x08: "\\b", 0x0B: "\\v", 0x0C: "\\f", 0x07: "\\a", 0x00: "\\0"}
+_TERMINAL = {
+    code: _NAMED.get(code, f"\\x{code:02x}")
+    for code in (*range(0x00, 0x20), *range(0x7F, 0xA0))
+    if code not in (0x09, 0x0A)
+}
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean(text: str) -> str:
+    """``text`` with surrogate pairs joined and unpaired surrogates replaced by U+FFFD."""
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def decode(data: bytes, charset: str = "utf-8") -> str:
+    """``data`` decoded from ``charset`` (a known codec name), invalid bytes as U+FFFD."""
+    return data.decode(charset, "replace")
+
+
+def clean_json(value: Any) -> Any:
+    """A JSON-ready value (dicts, lists, tuples, strings, numbers) with every string ``clean``."""
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, dict):
+        return {clean(k) if isinstance(k, str) else k: clean_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_json(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(clean_json(v) for v in value)
+    return value
+
+
+def for_terminal(text: str) -> str:
+    """Untrusted text made safe to print: ``clean``, and every control character but newline
+    and tab written as a visible escape, so nothing it holds can act on the terminal."""
+    text = clean(text)
+    if _CONTROL.search(text) is None:
+        return text
+    return text.replace("\r\n", "\n").translate(_TERMINAL)
