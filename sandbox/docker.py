@@ -5,6 +5,10 @@ drivers run as ``nobody`` (65534) through ``docker exec``, so the model's code c
 PID 1 nor its keeper. On a timeout every process of that user dies (by host PID, when the engine
 runs on this machine and we may signal its processes), children that started new sessions or
 daemonized included, and /mnt/data survives; otherwise the whole container is replaced.
+
+The container dies with its owner: PID 1's stdin is attached to this process alone and PID 1
+exits when it ends (``REAPER``), and the container removes itself then (``auto_remove``);
+``reap_leftovers`` removes what an engine that was down at that moment kept.
 """
 
 from __future__ import annotations
@@ -31,14 +35,23 @@ KEEPER_USER = "65533:65533"
 CODE_USER = "65534:65534"
 
 REAPER = """
-import os, time
+import os, threading, time
+def liveness():
+    while os.read(0, 65536):
+        pass
+    os._exit(0)
+threading.Thread(target=liveness, daemon=True).start()
 while True:
     try:
         os.wait()
     except ChildProcessError:
         time.sleep(0.5)
 """
-"""The container's main process: reaps orphans (Docker's init runs it when the engine has one)."""
+"""The container's main process: reaps orphans (Docker's init runs it when the engine has one),
+and exits when its stdin ends, which stops the container and everything in it. The owning
+process holds the only attachment to that stdin (``StdinOnce``): the engine closes it when the
+owner's connection goes, however the owner ended (SIGKILL included), and ``auto_remove`` then
+removes the container."""
 
 
 def _client(timeout: float = 60) -> Any:
@@ -89,7 +102,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _remove(client: Any, container_id: str) -> None:
+def _remove(client: Any, container_id: str, liveness: Any = None) -> None:
+    if liveness is not None:
+        with contextlib.suppress(Exception):
+            liveness.close()
     with contextlib.suppress(Exception):
         client.api.remove_container(container_id, force=True)
 
@@ -106,8 +122,10 @@ class DockerSession(ReplSession):
         image: str = DEFAULT_IMAGE,
         build: bool = True,
         progress: Callable[[str], None] | None = None,
+        strict: bool = False,
     ) -> None:
         super().__init__(limits or Limits())
+        self.strict = strict  # every limit holds in a container: nothing to refuse
         import docker.errors
 
         self._errors = docker.errors
@@ -140,13 +158,15 @@ class DockerSession(ReplSession):
         from docker.types import Ulimit
 
         lim = self.limits
-        container = None
+        container = liveness = None
         try:
             container = self.client.containers.create(
                 self.image,
                 ["python3", "-I", "-c", REAPER],
                 user=KEEPER_USER,
                 init=init,
+                stdin_open=True,
+                detach=False,  # with stdin_open: StdinOnce, the stdin ends when our attachment does
                 network_mode="none",
                 read_only=True,
                 tmpfs={
@@ -173,16 +193,20 @@ class DockerSession(ReplSession):
                     f"{LABEL}.pid": str(os.getpid()),
                 },
                 ipc_mode="private",
-                auto_remove=False,
+                shm_size=lim.shm_size,
+                auto_remove=True,
             )
+            liveness = self.client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
             container.start()
         except self._errors.APIError:
             if container is not None:
-                _remove(self.client, container.id)
+                _remove(self.client, container.id, liveness)
             raise
         except self._errors.DockerException as exc:
+            if container is not None:
+                _remove(self.client, container.id, liveness)
             raise SandboxError(f"cannot start the sandbox container: {exc}") from exc
-        self._finalizer = weakref.finalize(self, _remove, self.client, container.id)
+        self._finalizer = weakref.finalize(self, _remove, self.client, container.id, liveness)
         return str(container.id)
 
     def _running(self) -> bool:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import subprocess
 import sys
+import time
 
+import docker
 import pytest
-from _sandbox_support import SMALL, docker_ready, open_backend
+from _sandbox_support import SMALL, docker_ready, host_processes_matching, open_backend
 from gptoss_agent.sandbox import SandboxError
 
 pytestmark = pytest.mark.docker
@@ -86,3 +89,41 @@ def test_build_image_command_is_quick_when_the_image_exists(client):
         timeout=60,
     )
     assert done.returncode == 0 and "exists" in done.stderr
+
+
+OWNER = """
+import sys, time
+from gptoss_agent.sandbox import open_sandbox
+s = open_sandbox("docker", timeout=10, memory=256 * 2**20)
+s.run("import subprocess\\nsubprocess.Popen(['sleep', '%s'], start_new_session=True)")
+print(s.container_id, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_container_dies_with_its_sigkilled_owner(client):
+    """No close(), no finalizer, no atexit: the owner is SIGKILLed with a background process of
+    the model running in its container; container and process are gone within seconds."""
+    marker = str(random.randint(10**8, 10**9))
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER % marker], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert owner.stdout is not None
+        container_id = owner.stdout.readline().strip()
+        assert container_id, owner.stderr.read() if owner.stderr else ""
+        assert client.api.inspect_container(container_id)["State"]["Running"]
+        assert host_processes_matching(marker)
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            client.api.inspect_container(container_id)
+        except docker.errors.NotFound:
+            break
+        time.sleep(0.2)
+    with pytest.raises(docker.errors.NotFound):
+        client.api.inspect_container(container_id)
+    assert host_processes_matching(marker) == []
