@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-steps", type=_positive(int), default=20, help="most model generations per task (default 20)"
     )
     p.add_argument("--max-tokens", type=_positive(int), help="most tokens generated per task")
+    p.add_argument(
+        "--max-generation-tokens",
+        type=_positive(int),
+        metavar="N",
+        help="most tokens of one generation before the run stops with max_tokens "
+        "(default by effort: low 4096, medium 8192, high 16384)",
+    )
     p.add_argument("--timeout", type=_positive(float), help="wall-clock seconds per task")
     p.add_argument(
         "--transcript", metavar="FILE", help="append every message to FILE (JSON lines); must be new"
@@ -363,6 +370,7 @@ def _make_agent(args: argparse.Namespace, engine: Any, enc: Any, tools: list[Any
         "instructions": args.instructions,
         "max_steps": args.max_steps,
         "max_tokens": args.max_tokens,
+        "max_generation_tokens": args.max_generation_tokens or "auto",
         "timeout": args.timeout,
         "sampling": Sampling(temperature=args.temperature, top_p=args.top_p, seed=args.seed),
         "enc": enc,
@@ -388,6 +396,28 @@ def _check_transcripts(args: argparse.Namespace) -> None:
             raise UserError(
                 f"--transcript: {path} already exists; continue it with --resume {path} or choose a new file"
             )
+
+
+class _CountingEngine:
+    """The engine, each generation's running token count reported to the live view's spinner."""
+
+    def __init__(self, engine: Any, report: Callable[[int], None]) -> None:
+        self._engine = engine
+        self._report = report
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        inner = iter(self._engine.generate(*args, **kwargs))
+        try:
+            for n, token in enumerate(inner, 1):
+                self._report(n)
+                yield token
+        finally:
+            close = getattr(inner, "close", None)
+            if close is not None:
+                close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
 
 
 class _Output:
@@ -455,8 +485,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     _check_transcripts(args)  # the cheap checks first: no model load before a typo is caught
     tools = build_tools(args.tools, args.sandbox, args.search)
     engine, enc = _load_engine(args, quiet)
-    agent = _make_agent(args, engine, enc, tools)
     out = _Output(args, tools)
+    renderer = out.renderer
+    if renderer is not None and hasattr(renderer, "tokens"):
+        engine = _CountingEngine(engine, renderer.tokens)
+    agent = _make_agent(args, engine, enc, tools)
     try:
         if args.resume and agent.messages and args.task is None:
             _turn(agent, None, out)

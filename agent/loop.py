@@ -19,7 +19,8 @@ Who is at fault decides what happens:
   output ...<|end|>``). Errors the parser recovered from are reported as ``ParseProblem`` events
   only.
 - limits end the run with a reason: ``max_steps`` generations, ``max_tokens`` generated in the
-  run, ``timeout`` seconds of wall clock (checked between tokens and between steps; a hung tool
+  run or ``max_generation_tokens`` in one generation (default ``GENERATION_TOKENS``, by effort: a
+  model that never closes its message still ends), ``timeout`` seconds of wall clock (checked between tokens and between steps; a hung tool
   is bounded by the toolbox's timeout).
 - bugs and runtime failures (an engine that raises, a sandbox that cannot start) propagate.
 
@@ -138,10 +139,16 @@ def drop_finished_reasoning(messages: Sequence[Message]) -> list[Message]:
     ]
 
 
+GENERATION_TOKENS = {ReasoningEffort.LOW: 4096, ReasoningEffort.MEDIUM: 8192, ReasoningEffort.HIGH: 16384}
+"""Default most tokens of one generation, by reasoning effort (``max_generation_tokens="auto"``)."""
+
+
 @dataclass
 class _Step:
     """What one generation produced."""
 
+    capped: bool = False
+    """The generation reached ``max_generation_tokens`` without closing a message."""
     call: ToolCall | None = None
     answer: Message | None = None
     errors: list[ParseError] = field(default_factory=list)
@@ -167,6 +174,9 @@ class Agent:
         response_formats: Harmony ``# Response Formats`` for the developer message.
         max_steps: Generations per run before it stops with ``max_steps``.
         max_tokens: Tokens the model may generate per run (None: no limit).
+        max_generation_tokens: Tokens one generation may take before the run stops with
+            ``max_tokens``; ``"auto"``: ``GENERATION_TOKENS`` for the reasoning effort (4096 /
+            8192 / 16384); None: only the context bounds it.
         timeout: Wall-clock seconds per run (None: no limit).
         sampling: Temperature, top-p and seed of the engine's sampler.
         tool_timeout: Default seconds one tool call may take (the toolbox's ``timeout``).
@@ -187,6 +197,7 @@ class Agent:
         response_formats: Sequence[ResponseFormat] = (),
         max_steps: int = 20,
         max_tokens: int | None = None,
+        max_generation_tokens: int | str | None = "auto",
         timeout: float | None = None,
         sampling: Sampling | None = None,
         tool_timeout: float | None = 120.0,
@@ -205,6 +216,12 @@ class Agent:
         self.response_formats = list(response_formats)
         self.max_steps = max_steps
         self.max_tokens = max_tokens
+        if max_generation_tokens == "auto":
+            max_generation_tokens = GENERATION_TOKENS[self.reasoning_effort]
+        cap = max_generation_tokens
+        if cap is not None and (not isinstance(cap, int) or cap < 1):
+            raise ValueError(f"max_generation_tokens must be a positive int, 'auto' or None, got {cap!r}")
+        self.max_generation_tokens: int | None = cap
         self.timeout = timeout
         self.sampling = sampling or Sampling()
         self.keep_reasoning = keep_reasoning
@@ -413,8 +430,10 @@ class Agent:
                 reason = ended = StopReason.CONTEXT
             elif outcome.timed_out:
                 reason = ended = StopReason.TIMEOUT
-            elif self.max_tokens is not None and usage.generated_tokens >= self.max_tokens:
-                reason = ended = StopReason.MAX_TOKENS
+            elif outcome.capped or (
+                self.max_tokens is not None and usage.generated_tokens >= self.max_tokens
+            ):
+                reason = ended = StopReason.MAX_TOKENS  # this generation's cap, or the run's budget
             else:
                 yield from self._feed_back(step, outcome)
                 ended = "error"
@@ -466,6 +485,11 @@ class Agent:
             self.messages, Role.ASSISTANT, self.enc, auto_drop_analysis=False
         )
         budget = None if self.max_tokens is None else self.max_tokens - usage.generated_tokens
+        cap = self.max_generation_tokens
+        if cap is not None and (budget is None or cap < budget):
+            budget = cap
+        else:
+            cap = None  # the run's budget is the tighter bound
         context = getattr(self.engine, "context_length", None)
         if isinstance(context, int) and len(prompt) >= context:
             out.context_full = True
@@ -495,6 +519,8 @@ class Agent:
             if close is not None:
                 close()
         if out.call is None and out.answer is None and out.foreign_role is None:
+            if cap is not None and generated >= cap and not out.timed_out:
+                out.capped = True
             for event in parser.process_eos():
                 yield from self._on_parse_event(step, event, out)
         stats = getattr(self.engine, "last_stats", None)
