@@ -26,6 +26,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import httpx
 
 from .base import ToolError
+from .text import clean
 
 __all__ = [
     "BlockedURL",
@@ -431,7 +432,7 @@ def _decode(url: str, response: httpx.Response, body: bytes, truncated: bool) ->
     if media in _JSON_TYPES or media.endswith("+json"):
         text, charset = decode_text(body, charset)
         with contextlib.suppress(ValueError):  # cut by the size cap or malformed: show it as it came
-            text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+            text = clean(json.dumps(json.loads(text), indent=2, ensure_ascii=False))  # "\\ud800" parses
         return Document(
             url=url,
             kind="json",

@@ -28,6 +28,7 @@ import httpx
 
 from .base import ToolError
 from .fetch import shared_ssl_context
+from .text import clean
 
 __all__ = [
     "BACKENDS",
@@ -72,7 +73,7 @@ class SearchBackend(Protocol):
 def _clean(text: Any) -> str:
     if not isinstance(text, str):
         return ""
-    return _SPACES.sub(" ", _TAGS.sub("", text)).strip()
+    return clean(_SPACES.sub(" ", _TAGS.sub("", text)).strip())  # JSON may hold lone surrogates
 
 
 class HttpSearchBackend:
