@@ -1,4 +1,4 @@
-"""Tools: the tool protocol, ``@tool``, the browser and the python tool."""
+"""Tools: the tool protocol, ``@tool``, the browser, the python tool and MCP servers."""
 
 from gptoss_agent.tools.base import (
     FunctionSpec,
@@ -12,6 +12,7 @@ from gptoss_agent.tools.base import (
 from gptoss_agent.tools.browser import Browser, Citation
 from gptoss_agent.tools.fetch import FetchConfig
 from gptoss_agent.tools.function import FunctionTool, Toolset, to_text, tool
+from gptoss_agent.tools.mcp import MCPConnectionError, MCPServer, load_mcp_config
 from gptoss_agent.tools.python import Python
 from gptoss_agent.tools.search import SearchBackend, SearchError, SearchResult, get_backend
 from gptoss_agent.tools.toolbox import Route, Toolbox
@@ -22,6 +23,8 @@ __all__ = [
     "FetchConfig",
     "FunctionSpec",
     "FunctionTool",
+    "MCPConnectionError",
+    "MCPServer",
     "NamespaceSpec",
     "Python",
     "Route",
@@ -35,6 +38,7 @@ __all__ = [
     "Toolset",
     "call_in_thread",
     "get_backend",
+    "load_mcp_config",
     "run_coroutine",
     "to_text",
     "tool",

@@ -21,7 +21,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from gptoss_agent.sandbox.base import SandboxError
 from gptoss_agent.tools.base import NamespaceSpec, Tool, ToolError, ToolOutput
@@ -80,6 +80,7 @@ class Toolbox:
         self.tools: list[Tool] = []
         self._routes: dict[str, Route] = {}
         self._freeform: dict[str, str] = {}  # namespace -> canonical name, for python.exec & co.
+        self._lazy: list[list[Any]] = []  # [tool, spec routed, route names]: MCP servers, see _sync
         for t in tools:
             self.add(t)
 
@@ -91,6 +92,10 @@ class Toolbox:
         Raises ValueError when a name is already taken, and ``jsonschema.SchemaError`` when a
         tool's parameter schema is not a valid JSON Schema (both are the caller's bugs).
         """
+        if getattr(tool, "lazy_spec", False):  # an MCP server: listed on first use, may change
+            self._lazy.append([tool, None, []])
+            self.tools.append(cast(Tool, tool))  # (isinstance would read .spec and start it)
+            return cast(Tool, tool)
         if not isinstance(tool, Tool):
             if not callable(tool):
                 raise TypeError(f"not a tool or a callable: {tool!r}")
@@ -116,6 +121,28 @@ class Toolbox:
         self.tools.append(tool)
         return tool
 
+    def _sync(self) -> None:
+        """(Re)build the routes of tools whose functions are listed on first use and may change
+        (``lazy_spec``: MCP servers). Their arguments are checked by the tool itself, against
+        the server's own schema."""
+        for entry in self._lazy:
+            tool, routed, names = entry
+            spec = tool.spec
+            if spec is routed:
+                continue
+            own_timeout = getattr(tool, "call_timeout", None)
+            routes: dict[str, Route] = {}
+            for f in spec.functions:
+                name = f"{spec.name}.{f.name}"
+                routes[name] = Route(tool, f.name, name, None, self._timeout_for(name, own_timeout))
+            for old in names:
+                self._routes.pop(old, None)
+            taken = sorted(set(routes) & set(self._routes))
+            if taken:
+                raise ValueError(f"tool names already registered: {', '.join(taken)}")
+            self._routes.update(routes)
+            entry[1:] = [spec, list(routes)]
+
     def _timeout_for(self, name: str, own: float | None) -> float | None:
         if name in self.timeouts:
             return self.timeouts[name]
@@ -126,6 +153,7 @@ class Toolbox:
     @property
     def names(self) -> list[str]:
         """Every recipient the model can address, canonical form, in registration order."""
+        self._sync()
         return list(self._routes)
 
     @property
@@ -161,6 +189,7 @@ class Toolbox:
         ``browser.search``, ``python.exec`` or ``functions.python`` for ``python``, a missing
         ``functions.`` prefix, trailing header words (``<|constrain|>json``).
         """
+        self._sync()
         name = recipient.strip().split()[0] if recipient.strip() else ""
         name = name.split("<|", 1)[0].strip().strip(".")
         if name.startswith("to="):
