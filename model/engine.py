@@ -35,6 +35,9 @@ class GenerationStats:
     """Tokens produced."""
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    reuse_shortfall: str | None = None
+    """Why fewer prompt tokens were reused than the engine's cache shares with the prompt (a
+    roll-back its sliding-window layers could not make, an evicted cache); None when all were."""
 
 
 @runtime_checkable

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -191,6 +192,33 @@ class AttentionBlock(nn.Module):
         )
         return x + linear(out, self.out_weight, self.out_bias)
 
+    def forward_batch(self, x: torch.Tensor, caches: list[LayerCache]) -> torch.Tensor:
+        """One new token for each of several sequences: x (B, hidden), row ``i`` continuing ``caches[i]``.
+
+        The projections run on the whole batch (their weights are read once); RoPE and attention
+        run per sequence, each over its own cache, exactly as ``forward`` does for one token.
+        """
+        b = x.shape[0]
+        d, nq, nkv = self.head_dim, self.n_heads, self.n_kv
+        qkv = linear(self.norm(x), self.qkv_weight, self.qkv_bias)
+        outs = []
+        for i, cache in enumerate(caches):
+            start = cache.end
+            q = self.rope(qkv[i : i + 1, : nq * d].view(1, nq, d), start)
+            k = self.rope(qkv[i : i + 1, nq * d : (nq + nkv) * d].view(1, nkv, d), start)
+            v = qkv[i : i + 1, (nq + nkv) * d :].view(1, nkv, d)
+            ks, vs, k_start = cache.extend(k, v)
+            q = q.view(1, nkv, nq // nkv, d)
+            sinks = self.sinks.view(nkv, nq // nkv)
+            outs.append(attention(q, ks, vs, sinks, q_start=start, k_start=k_start, window=self.window))
+        out = torch.cat(outs) if b > 1 else outs[0]
+        return x + linear(out, self.out_weight, self.out_bias)
+
+
+SMALL_BATCH = 16
+"""Up to this many tokens (a batch of decoding sequences) the MoE sums each token's experts in its
+top-k order, exactly as for one token, so a sequence decodes the same alone and in a batch."""
+
 
 def swiglu(x: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
     """Clamped SwiGLU over interleaved halves: ``glu * sigmoid(alpha * glu) * (lin + 1)``."""
@@ -250,8 +278,17 @@ class MLPBlock(nn.Module):
             for e, w in zip(top.indices[0].tolist(), expert_weights[0], strict=True):
                 out += self._expert(e, t) * w
             return x + out
-        out = torch.zeros_like(x)
         chosen = top.indices
+        if x.shape[0] <= SMALL_BATCH:  # a batch of decoding rows: each expert once, its rows together
+            parts = torch.empty(x.shape[0], self.top_k, x.shape[1], dtype=x.dtype, device=x.device)
+            for e in chosen.unique().tolist():
+                rows, slot = torch.where(chosen == e)
+                parts[rows, slot] = self._expert(e, t[rows])
+            out = torch.zeros_like(x)
+            for s in range(self.top_k):
+                out += parts[:, s] * expert_weights[:, s, None]
+            return x + out
+        out = torch.zeros_like(x)
         for e in chosen.unique().tolist():
             rows, slot = torch.where(chosen == e)
             out.index_add_(0, rows, self._expert(e, t[rows]) * expert_weights[rows, slot, None])
@@ -318,6 +355,7 @@ class Transformer(nn.Module):
                 keep=None if w is None else w + margin,
                 dtype=self.embedding.dtype,  # the weights' dtype: a bf16 model keeps a bf16 cache
                 device=self.device,
+                window=w,
             )
             for w in windows
         ]
@@ -338,6 +376,19 @@ class Transformer(nn.Module):
             x = mlp(x)
         x = self.norm(x[-1:] if last_only else x)
         return linear(x, self.unembedding).float()
+
+    @torch.inference_mode()
+    def decode_batch(self, tokens: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
+        """Logits (B, vocab) for one next token of each of B sequences: ``tokens[i]`` continues ``caches[i]``.
+
+        Batched decoding: the dense weights (attention projections, router, unembedding) and each
+        chosen expert are read once for the whole batch; only attention runs per sequence.
+        """
+        x = self.embedding[tokens].to(self.compute_dtype)  # (B, hidden)
+        for i, (attn, mlp) in enumerate(zip(self.attn, self.mlp, strict=True)):
+            x = cast(AttentionBlock, attn).forward_batch(x, [c.layers[i] for c in caches])
+            x = mlp(x)
+        return linear(self.norm(x), self.unembedding).float()
 
     # ---- construction ------------------------------------------------------------------
 

@@ -173,10 +173,26 @@ def test_seeded_sampling_is_reproducible_and_top_p_narrows(engine):
 
 def test_an_abandoned_stream_does_not_block_the_next_call(engine):
     ids = prompt(50, seed=8)
+    cold = list(engine.generate(ids, sampling=GREEDY, max_tokens=10))
+    engine.reset()
     first = engine.generate(ids, sampling=GREEDY, max_tokens=10)
     a = [next(first), next(first)]
     b = list(engine.generate([*ids, *a], sampling=GREEDY, max_tokens=3))
+    # the unfinished stream keeps its session; the new call starts from a copy of its prefix
     assert engine.last_stats.reused_tokens == 51  # the prompt and the first token, which was run
+    assert engine.last_stats.reuse_shortfall is None
+    assert a + list(first) == cold  # and the old stream still finishes correctly
+    engine.reset()
+    assert b == list(engine.generate([*ids, *a], sampling=GREEDY, max_tokens=3))
+
+
+def test_a_newer_call_on_a_session_takes_its_cache_over(engine):
+    session = engine.session()
+    ids = prompt(50, seed=8)
+    first = session.generate(ids, sampling=GREEDY, max_tokens=10)
+    a = [next(first), next(first)]
+    b = list(session.generate([*ids, *a], sampling=GREEDY, max_tokens=3))
+    assert session.last_stats.reused_tokens == 51
     assert list(first) == []  # the old stream ends instead of corrupting the cache
     engine.reset()
     assert b == list(engine.generate([*ids, *a], sampling=GREEDY, max_tokens=3))
