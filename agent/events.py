@@ -26,6 +26,7 @@ __all__ = [
     "AgentEvent",
     "AnswerDelta",
     "CommentaryDelta",
+    "ContextCompacted",
     "ParseProblem",
     "ReasoningDelta",
     "RunDone",
@@ -263,6 +264,21 @@ class StepDone:
 
 
 @dataclass(frozen=True)
+class ContextCompacted:
+    """The prompt would not have fit the context, so the conversation was compacted (see
+    ``agent.compaction``) before step ``step``: ``detail`` says what was left out."""
+
+    step: int
+    tokens_before: int
+    tokens_after: int
+    budget: int
+    """The tokens the prompt had to fit in (the context less the room kept for the reply)."""
+    dropped_messages: int
+    elided_tool_results: int
+    detail: str
+
+
+@dataclass(frozen=True)
 class RunDone:
     """The run is over; the last event of every stream."""
 
@@ -277,6 +293,7 @@ AgentEvent: TypeAlias = (
     | ToolCallFinished
     | ParseProblem
     | StepDone
+    | ContextCompacted
     | RunDone
 )
 
@@ -288,6 +305,7 @@ _EVENT_NAMES: dict[type, str] = {
     ToolCallFinished: "tool_call_finished",
     ParseProblem: "parse_problem",
     StepDone: "step_done",
+    ContextCompacted: "context_compacted",
     RunDone: "run_done",
 }
 

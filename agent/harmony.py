@@ -11,6 +11,10 @@ openai-harmony fails (or accepts garbage) on what gpt-oss emits in the wild, it 
 intent is clear and reports a ``ParseError`` the loop can feed back to the model. It never raises
 on model output.
 
+A message that carries the token ids the model generated (``Message.token_ids``, recorded by
+``StreamParser(record_tokens=True)``) renders as those ids, verbatim; every other message renders
+canonically, as openai-harmony renders it.
+
 Debugging entry point::
 
     python -m gptoss_agent.agent.harmony render CONVERSATION.json...   # one JSON token list per file
@@ -222,6 +226,11 @@ def _developer_text(dev: DeveloperContent) -> str:
 
 
 def _render_into(out: list[int], codec: _Codec, message: Message, has_function_tools: bool) -> None:
+    if message.metadata:
+        generated = message.token_ids
+        if generated is not None:
+            out += generated  # what the model generated, verbatim (see Message.with_token_ids)
+            return
     text = codec.text
     role = message.author.role
     out.append(START)
@@ -702,6 +711,12 @@ class StreamParser:
 
     ``process(token)`` returns the events that token completes; ``process_eos()`` ends the
     stream. Complete messages collect in ``messages`` and errors in ``errors``.
+
+    ``record_tokens=True`` attaches to each message read without any error the tokens it was
+    read from (``Message.with_token_ids``), from its ``<|start|>`` (the prompt's
+    ``<|start|>{role}`` for the first one) to its ``<|end|>`` or ``<|call|>`` (``<|return|>``
+    kept as ``<|end|>``), so that rendering the messages back gives exactly the prompt plus
+    the completion. Messages cut off, ended implicitly or read after a recovery get none.
     """
 
     def __init__(
@@ -711,6 +726,7 @@ class StreamParser:
         *,
         channels: Iterable[str] = DEFAULT_CHANNELS,
         builtin_namespaces: Sequence[str] = BUILTIN_NAMESPACES,
+        record_tokens: bool = False,
     ) -> None:
         codec = _codec(enc)
         self._table = codec.table
@@ -734,6 +750,12 @@ class StreamParser:
         self._channel: str | None = None  # of the current message, for ContentDelta
         self._recipient: str | None = None
         self._held: list[int] | None = None  # <|channel|> seen inside content, and what followed
+        self._record = record_tokens
+        # the tokens of the message being read (from its <|start|>) and the error count at its start
+        self._span: list[int] | None = None
+        self._span_errors = 0
+        if record_tokens and role is not None:
+            self._span = [START, *codec.role_tokens[role]]
 
     # -- state, for callers that poll ------------------------------------------------------
 
@@ -768,6 +790,8 @@ class StreamParser:
         """Consume one token; return the events it completes (often one ``ContentDelta``)."""
         pos = self.position
         self.position = pos + 1
+        if self._span is not None:
+            self._span.append(token)
         if type(token) is not int:
             try:
                 token = operator.index(token)
@@ -857,6 +881,15 @@ class StreamParser:
             recipient=header.recipient,
             content_type=header.content_type,
         )
+        if self._record:
+            span = self._span
+            ended = end in ("end", "return") or (end == "call" and header.recipient is not None)
+            if ended and span and span[0] == START and len(self.errors) == self._span_errors:
+                if end == "return":
+                    span[-1] = END
+                message.with_token_ids(span)
+            self._span = []  # tokens between messages; a message starts a span at <|start|>
+            self._span_errors = len(self.errors)
         self.messages.append(message)
         self._header = None
         self._parts = []
@@ -991,6 +1024,9 @@ class StreamParser:
 
     def _expect_start(self, token: int, pos: int) -> list[Event]:
         if token == START:
+            if self._record:
+                self._span = [START]
+                self._span_errors = len(self.errors)
             self._state = _HEADER
             self._header_tokens = []
             self._implicit = False

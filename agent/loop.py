@@ -49,10 +49,12 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterat
 from dataclasses import dataclass, field
 from typing import Any
 
+from gptoss_agent.agent.compaction import CompactionPolicy, Compactor, describe, reserve_tokens
 from gptoss_agent.agent.events import (
     AgentEvent,
     AnswerDelta,
     CommentaryDelta,
+    ContextCompacted,
     ParseProblem,
     ReasoningDelta,
     RunDone,
@@ -182,6 +184,11 @@ class Agent:
         tool_timeout: Default seconds one tool call may take (the toolbox's ``timeout``).
         transcript: A path or ``Transcript``: every message is appended to it as it happens.
         keep_reasoning: Keep the analysis of finished turns in later prompts.
+        context_budget: The most tokens a prompt plus its reply may take (default: the engine's
+            ``context_length``, when it has one; the smaller of the two when both are known).
+        compaction: What to do when the next prompt would not leave room for the reply within
+            the context: a policy ``policy(messages, budget, measure) -> messages`` (see
+            ``agent.compaction``; default ``Compactor()``), or None to stop with ``context``.
         date: The ``Current date`` line (default: today, UTC).
         enc: The tokenizer (default: ``load_tokenizer()``).
     """
@@ -203,11 +210,17 @@ class Agent:
         tool_timeout: float | None = 120.0,
         transcript: str | os.PathLike[str] | Transcript | None = None,
         keep_reasoning: bool = False,
+        context_budget: int | None = None,
+        compaction: CompactionPolicy | None = Compactor(),  # noqa: B008 -- a stateless default
         date: str | None = None,
         enc: Any = None,
     ) -> None:
         if max_steps < 1:
             raise ValueError("max_steps must be at least 1")
+        if context_budget is not None and context_budget < 16:
+            raise ValueError("context_budget must be at least 16 tokens")
+        self.context_budget = context_budget
+        self.compaction = compaction
         self.engine = engine
         self.toolbox = tools if isinstance(tools, Toolbox) else Toolbox(tools, timeout=tool_timeout)
         self.reasoning_effort = ReasoningEffort.parse(reasoning_effort)
@@ -481,20 +494,23 @@ class Agent:
 
     def _generate(self, step: int, out: _Step, usage: Usage, deadline: float | None) -> Iterator[AgentEvent]:
         """One generation: stream tokens through the parser, append the assistant's messages."""
-        prompt = render_conversation_for_completion(
-            self.messages, Role.ASSISTANT, self.enc, auto_drop_analysis=False
-        )
+        limit = self._context_limit()
+        prompt = yield from self._fit_context(step, limit)
         budget = None if self.max_tokens is None else self.max_tokens - usage.generated_tokens
         cap = self.max_generation_tokens
         if cap is not None and (budget is None or cap < budget):
             budget = cap
         else:
             cap = None  # the run's budget is the tighter bound
-        context = getattr(self.engine, "context_length", None)
-        if isinstance(context, int) and len(prompt) >= context:
+        room = None if limit is None else limit - len(prompt)
+        if room is not None and room <= 0:
             out.context_full = True
             return
-        parser = StreamParser(self.enc, Role.ASSISTANT)
+        if room is not None and (budget is None or room < budget):
+            budget = room
+        else:
+            room = None  # the run's token budget, not the context, bounds this generation
+        parser = StreamParser(self.enc, Role.ASSISTANT, record_tokens=True)
         tokens = iter(
             self.engine.generate(prompt, stop=self._stops, sampling=self.sampling, max_tokens=budget)
         )
@@ -519,7 +535,9 @@ class Agent:
             if close is not None:
                 close()
         if out.call is None and out.answer is None and out.foreign_role is None:
-            if cap is not None and generated >= cap and not out.timed_out:
+            if room is not None and generated >= room and not out.timed_out:
+                out.context_full = True  # cut off by the context's end: not the model's mistake
+            elif cap is not None and generated >= cap and not out.timed_out:
                 out.capped = True
             for event in parser.process_eos():
                 yield from self._on_parse_event(step, event, out)
@@ -530,6 +548,49 @@ class Agent:
             prefilled_tokens=getattr(stats, "prefilled_tokens", len(prompt)),
             generated_tokens=max(getattr(stats, "generated_tokens", 0), generated),
         )
+
+    def _context_limit(self) -> int | None:
+        """Tokens a prompt plus its reply may take: the engine's context or ``context_budget``."""
+        context = getattr(self.engine, "context_length", None)
+        limits = [n for n in (context, self.context_budget) if isinstance(n, int) and n > 0]
+        return min(limits) if limits else None
+
+    def _measure(self, messages: Sequence[Message]) -> int:
+        """Prompt tokens of ``messages`` (rendered for the next assistant message)."""
+        return len(
+            render_conversation_for_completion(messages, Role.ASSISTANT, self.enc, auto_drop_analysis=False)
+        )
+
+    def _fit_context(self, step: int, limit: int | None) -> Generator[AgentEvent, None, list[int]]:
+        """The prompt of the next step, the conversation compacted first when it would not leave
+        ``reserve_tokens(limit)`` for the reply (a ``ContextCompacted`` event says what went)."""
+        prompt = render_conversation_for_completion(
+            self.messages, Role.ASSISTANT, self.enc, auto_drop_analysis=False
+        )
+        if limit is None or self.compaction is None:
+            return prompt
+        budget = limit - reserve_tokens(limit)
+        if len(prompt) <= budget:
+            return prompt
+        before = self.messages
+        after = list(self.compaction(list(before), budget, self._measure))
+        compacted = render_conversation_for_completion(
+            after, Role.ASSISTANT, self.enc, auto_drop_analysis=False
+        )
+        if len(compacted) >= len(prompt) or len(compacted) >= limit:
+            return prompt  # nothing gained: the caller stops with "context" if it does not fit
+        dropped, elided, detail = describe(before, after)
+        self.messages = after
+        yield ContextCompacted(
+            step=step,
+            tokens_before=len(prompt),
+            tokens_after=len(compacted),
+            budget=budget,
+            dropped_messages=dropped,
+            elided_tool_results=elided,
+            detail=f"{detail}: {len(prompt)} -> {len(compacted)} prompt tokens (budget {budget})",
+        )
+        return compacted
 
     def _on_parse_event(self, step: int, event: Any, out: _Step) -> Iterator[AgentEvent]:
         if isinstance(event, ContentDelta):
@@ -600,8 +661,10 @@ class Agent:
     # -- the session ----------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Start a new conversation (tools keep their state; the transcript keeps its lines)."""
+        """Start a new conversation: the tools' session state goes too (the browser's pages, the
+        python session's variables; ``Toolbox.reset``); the transcript keeps its lines."""
         self.messages = []
+        self.toolbox.reset()
 
     def close(self) -> None:
         """Close the tools (sandbox sessions, HTTP clients) and the transcript."""

@@ -7,9 +7,11 @@ output (including the shortcut of a message whose ``content`` is a plain string)
 
 Like openai-harmony's Python classes, the ``with_*`` builders set a field and return ``self``.
 
-One addition: ``DeveloperContent.response_formats`` (the ``# Response Formats`` section of
-harmony's format guide, which openai-harmony does not model). It is written to JSON only when
-set, and openai-harmony ignores the key when it reads such a transcript.
+Two additions, each written to JSON only when set (openai-harmony ignores the keys when it reads
+such a transcript): ``DeveloperContent.response_formats`` (the ``# Response Formats`` section of
+harmony's format guide, which openai-harmony does not model) and ``Message.metadata``, where the
+agent keeps the token ids the model generated for a message (``Message.token_ids``) so that later
+prompts render them verbatim.
 """
 
 from __future__ import annotations
@@ -388,6 +390,10 @@ class Message:
     channel: str | None = None
     recipient: str | None = None
     content_type: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """Not in openai-harmony: free-form data kept with the message in transcripts. The key
+    ``"token_ids"`` holds what the model generated (see ``token_ids``)."""
+    _generated_as: tuple[Any, ...] | None = field(default=None, init=False, compare=False, repr=False)
 
     @classmethod
     def from_author_and_content(cls, author: Author, content: str | Content) -> Message:
@@ -424,6 +430,41 @@ class Message:
         """The concatenated text of the message's ``TextContent`` parts."""
         return "".join(c.text for c in self.content if isinstance(c, TextContent))
 
+    def with_token_ids(self, token_ids: Sequence[int]) -> Message:
+        """Record the tokens the model generated for this message, ``<|start|>`` to its end token.
+
+        The renderer emits them verbatim instead of the canonical form, so a prompt holds exactly
+        what the engine's KV cache holds (gpt-oss writes ``<|channel|>commentary to=X`` where the
+        canonical form is ``to=X<|channel|>commentary``). A final answer's ``<|return|>`` is
+        kept as ``<|end|>``, as harmony prescribes for history. Changing the message's header or
+        text afterwards makes it render canonically again.
+        """
+        self.metadata["token_ids"] = list(token_ids)
+        self._generated_as = self._signature()
+        return self
+
+    @property
+    def token_ids(self) -> list[int] | None:
+        """The generated tokens to render verbatim, or None (render the fields canonically)."""
+        ids = self.metadata.get("token_ids")
+        if ids is None:
+            return None
+        if self._generated_as is None:  # metadata set directly (or loaded): trust it from now on
+            self._generated_as = self._signature()
+        elif self._generated_as != self._signature():
+            return None
+        return ids
+
+    def _signature(self) -> tuple[Any, ...]:
+        return (
+            self.author.role,
+            self.author.name,
+            self.channel,
+            self.recipient,
+            self.content_type,
+            self.text,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "role": self.author.role.value,
@@ -436,6 +477,8 @@ class Message:
             out["recipient"] = self.recipient
         if self.content_type is not None:
             out["content_type"] = self.content_type
+        if self.metadata:
+            out["metadata"] = copy.deepcopy(self.metadata)
         return out
 
     def to_json(self) -> str:
@@ -446,13 +489,22 @@ class Message:
         raw_content = data["content"]
         if isinstance(raw_content, str):  # openai-harmony's Rust side writes one text as a string
             raw_content = [{"type": "text", "text": raw_content}]
-        return cls(
+        message = cls(
             author=Author(role=Role(data["role"]), name=data.get("name")),
             content=[_content_from_dict(c) for c in raw_content],
             channel=data.get("channel"),
             recipient=data.get("recipient"),
             content_type=data.get("content_type"),
         )
+        metadata = data.get("metadata")
+        if isinstance(metadata, Mapping):
+            message.metadata = copy.deepcopy(dict(metadata))
+            ids = message.metadata.get("token_ids")
+            if ids is not None:
+                if not (isinstance(ids, list) and all(type(t) is int and t >= 0 for t in ids)):
+                    raise ValueError("metadata.token_ids must be a list of token ids (non-negative integers)")
+                message.with_token_ids(ids)
+        return message
 
     @classmethod
     def from_json(cls, payload: str) -> Message:

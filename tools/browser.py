@@ -14,6 +14,11 @@ in a window of about ``view_tokens`` tokens, lines being the page text wrapped a
 ``loc``; ``find`` lists the exact, case-insensitive matches of a pattern as a new page whose
 links jump to each match. ``Browser.resolve_citations`` turns the model's ``【3†L10-L15】``
 citations into links for the final answer.
+
+Memory stays bounded in long sessions: the page stack holds at most ``max_pages`` pages and
+the page cache ``max_cached_pages`` (both least recently used first out). Cursors keep counting
+up, so a cursor the model saw earlier never names another page; an evicted one gets a message
+saying to open the page again. ``reset()`` (``Agent.reset()`` calls it) forgets everything.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import functools
 import json
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import quote, unquote
@@ -178,6 +184,8 @@ class Browser:
         fetch_config: Timeouts, size cap, redirect limit, TLS trust and the network seams.
         resolver: The DNS seam, ``resolver(host, port) -> addresses`` (overrides ``fetch_config``'s).
         encoding: The tokenizer for window sizes; None loads ``o200k_harmony`` on first use.
+        max_pages: The most pages the stack holds; the least recently used goes first.
+        max_cached_pages: The most fetched pages kept for reopening without a fetch (LRU).
     """
 
     def __init__(
@@ -190,7 +198,11 @@ class Browser:
         fetch_config: FetchConfig | None = None,
         resolver: Resolver | None = None,
         encoding: Any = None,
+        max_pages: int = 100,
+        max_cached_pages: int = 32,
     ) -> None:
+        if max_pages < 1 or max_cached_pages < 0:
+            raise ValueError("max_pages must be at least 1 and max_cached_pages at least 0")
         self.backend: SearchBackend = (
             get_backend(search) if search is None or isinstance(search, str) else search
         )
@@ -203,8 +215,11 @@ class Browser:
         self.view_tokens = view_tokens
         self.max_search_results = max_search_results
         self._encoding = encoding
-        self._stack: list[Page] = []
-        self._cache: dict[str, Page] = {}
+        self.max_pages = max_pages
+        self.max_cached_pages = max_cached_pages
+        self._stack: OrderedDict[int, Page] = OrderedDict()  # cursor -> page, least recently used first
+        self._next_cursor = 0
+        self._cache: OrderedDict[str, Page] = OrderedDict()  # least recently used first
 
     # -- the Tool protocol ---------------------------------------------------------------------
     @property
@@ -246,8 +261,9 @@ class Browser:
             return ToolOutput(
                 author=author, content=str(e), is_error=True, duration=time.perf_counter() - started
             )
-        page = self._stack[-1]
-        metadata = {"cursor": len(self._stack) - 1, "url": page.source_url, "title": page.title}
+        cursor = self._next_cursor - 1
+        page = self._stack[cursor]
+        metadata = {"cursor": cursor, "url": page.source_url, "title": page.title}
         return ToolOutput(
             author=author, content=text, duration=time.perf_counter() - started, metadata=metadata
         )
@@ -317,7 +333,7 @@ class Browser:
             lines = _LINE_RANGE.match(match.group("content"))
             first = int(lines.group(1)) if lines else None
             last = int(lines.group(2) or lines.group(1)) if lines else None
-            page = self._stack[cursor] if cursor < len(self._stack) else None
+            page = self._stack.get(cursor)
             quote_text = ""
             if page is not None and first is not None and last is not None:
                 quote_text = "\n".join(page.lines[first : last + 1])
@@ -353,35 +369,56 @@ class Browser:
     # -- state -----------------------------------------------------------------------------------
     @property
     def pages(self) -> tuple[Page, ...]:
-        """The page stack; a page's index is its cursor."""
-        return tuple(self._stack)
+        """The pages on the stack in cursor order (a page's index is its cursor until the stack
+        first drops one; ``cursors`` gives them)."""
+        return tuple(self._stack[c] for c in self.cursors)
+
+    @property
+    def cursors(self) -> tuple[int, ...]:
+        """The cursors of the pages on the stack, in order."""
+        return tuple(sorted(self._stack))
 
     def reset(self) -> None:
-        """Forget every page (a new conversation)."""
+        """Forget every page and the cache (a new conversation): cursors start at 0 again."""
         self._stack.clear()
         self._cache.clear()
+        self._next_cursor = 0
 
     # -- internals -------------------------------------------------------------------------------
     def _page(self, cursor: int) -> Page:
         if not self._stack:
             raise _ModelError("No pages to access! Use `search` or open a URL first.")
         if cursor == -1:
-            return self._stack[-1]
-        if not 0 <= cursor < len(self._stack):
+            cursor = self._next_cursor - 1
+        if not 0 <= cursor < self._next_cursor:
             raise _ModelError(
-                f"Cursor `{cursor}` is out of range. Available cursor indices: [0 - {len(self._stack) - 1}]."
+                f"Cursor `{cursor}` is out of range. Available cursor indices: [0 - {self._next_cursor - 1}]."
             )
-        return self._stack[cursor]
+        page = self._stack.get(cursor)
+        if page is None:
+            raise _ModelError(
+                f"Cursor `{cursor}` is no longer available (the browser keeps the {self.max_pages} most "
+                "recently used pages); open the page again."
+            )
+        self._stack.move_to_end(cursor)
+        return page
 
     async def _load(self, url: str, *, view_source: bool = False, refresh: bool = False) -> Page:
         key = f"view-source:{url}" if view_source else url
         if not refresh and (cached := self._cache.get(key)) is not None:
+            self._cache.move_to_end(key)
             return cached
         document = await fetch(url, self.fetch_config)
         page = _document_page(document, view_source=view_source)
-        self._cache[key] = page
-        self._cache[f"view-source:{document.url}" if view_source else document.url] = page
+        self._remember(key, page)
+        self._remember(f"view-source:{document.url}" if view_source else document.url, page)
         return page
+
+    def _remember(self, key: str, page: Page) -> None:
+        self._cache[key] = page
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.max_cached_pages:
+            self._cache.popitem(last=False)
 
     def _push(self, page: Page, *, loc: int, num_lines: int = -1) -> str:
         total = len(page.lines)
@@ -389,8 +426,11 @@ class Browser:
             raise _ModelError(
                 f"Invalid location parameter: `{loc}`. Cannot exceed page maximum of {total - 1}."
             )
-        self._stack.append(page)
-        cursor = len(self._stack) - 1
+        cursor = self._next_cursor
+        self._next_cursor += 1
+        self._stack[cursor] = page
+        while len(self._stack) > self.max_pages:
+            self._stack.popitem(last=False)  # the least recently used page (never the new one)
         end = self._window_end(page.lines, loc, num_lines)
         header = f"[{cursor}] {page.title}"
         if page.url:

@@ -296,6 +296,14 @@ class Toolbox:
         output.duration = time.perf_counter() - start
         return output
 
+    def reset(self) -> None:
+        """Reset every tool that has a ``reset()`` (the browser's pages, a python session's
+        variables): a new conversation starts from a clean state."""
+        for t in self.tools:
+            reset = getattr(t, "reset", None)
+            if callable(reset):
+                reset()
+
     def close(self) -> None:
         """Close every tool that has a ``close()`` (sandbox sessions, HTTP clients)."""
         for t in self.tools:

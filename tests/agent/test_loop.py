@@ -362,7 +362,10 @@ def test_each_step_prefills_only_new_tokens_on_the_real_engine(enc, tiny_engine)
 
 
 def test_a_full_context_ends_the_run(enc):
-    agent, engine = make(enc, [call("functions.add", '{"a": 1, "b": 2}'), final("never")], [add])
+    # without compaction (compaction=None); tests/agent/test_compaction.py has the default
+    agent, engine = make(
+        enc, [call("functions.add", '{"a": 1, "b": 2}'), final("never")], [add], compaction=None
+    )
     engine.context_length = 10_000
     agent.run("warm up")  # fits
     engine.context_length = len(engine.prompts[-1]) + 1  # the next prompt is longer than this
