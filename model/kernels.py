@@ -8,24 +8,33 @@ panel kept in L2. Attention is one pass over the cache per query with an online 
 split over a persistent thread pool (starting a thread costs ~90 us; a decode step makes ~270
 calls). The library is compiled once per machine with the system C compiler (``cc -O3
 -march=native``, a few seconds) into ``~/.cache/gptoss_agent`` (``GPTOSS_KERNEL_CACHE``
-overrides); if there is no compiler, or ``GPTOSS_KERNELS=0``, every function here returns None
-and the callers fall back to plain torch.
+overrides). The cache key holds the source, the compiler and its version, the flags and the CPU's
+model and feature flags, so a cache shared between machines (a home directory on NFS, a
+container image) never hands one CPU a library built for another's instructions (SIGILL).
+
+If there is no compiler, or ``GPTOSS_KERNELS=0``, every function here returns None and the
+callers fall back to plain torch; a compile that fails is reported once (a ``RuntimeWarning``
+with the compiler's own message), and ``describe()`` says which path runs and why.
+``GPTOSS_REQUIRE_KERNELS=1`` (the test command sets it) turns a failed build into an error.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import torch
 
-__all__ = ["attention", "available", "int8_enabled", "linear", "mxfp4_linear"]
+__all__ = ["KernelBuildError", "attention", "available", "describe", "int8_enabled", "linear", "mxfp4_linear"]
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -836,44 +845,90 @@ _tried = False
 _avx2 = False
 """Whether the library was built with AVX2 (bf16 caches are then read in place)."""
 _lock = threading.Lock()
+_status = "not loaded yet"
+"""What ``describe()`` reports: the library in use, or why plain torch runs."""
+
+FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread"]
+"""The compiler flags (``-march=native``: the build is for this CPU only, hence the cache key)."""
+
+
+class KernelBuildError(RuntimeError):
+    """The kernels did not compile or load while ``GPTOSS_REQUIRE_KERNELS=1`` demands them."""
+
+
+@functools.cache
+def cpu_signature() -> str:
+    """The CPU model and its feature flags (Linux: ``/proc/cpuinfo``), which ``-march=native`` follows."""
+    parts = [platform.machine()]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            seen: set[str] = set()
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "flags", "Features", "CPU part", "vendor_id") and key not in seen:
+                    seen.add(key)
+                    parts.append(f"{key}={' '.join(sorted(value.split()))}")
+    except OSError:
+        parts.append(platform.processor())
+    return "\n".join(parts)
+
+
+def _compiler_version(cc: str) -> str:
+    try:
+        out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.splitlines()[0] if out else ""
+
+
+def cache_key(cc: str) -> str:
+    """Digest of everything the compiled library depends on: source, compiler, flags, CPU."""
+    material = "\0".join([_SOURCE, cc, _compiler_version(cc), " ".join(FLAGS), cpu_signature()])
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def _compile(cc: str, lib_path: Path) -> str | None:
+    """Build the library at ``lib_path``; None on success, else the compiler's message."""
+    try:
+        lib_path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "kernels.c"
+            src.write_text(_SOURCE)
+            tmp_lib = Path(tmp) / "kernels.so"
+            cmd = [cc, *FLAGS, str(src), "-o", str(tmp_lib), "-lm"]
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                errors = [ln for ln in done.stderr.splitlines() if "error" in ln] or done.stderr.splitlines()
+                return f"{' '.join(cmd[:3])} ... failed (status {done.returncode}): " + "; ".join(errors[:3])
+            os.replace(tmp_lib, lib_path)  # atomic: concurrent builders do not see half a file
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"building the kernels in {lib_path.parent} failed: {e}"
+    return None
 
 
 def _build() -> ctypes.CDLL | None:
+    global _status
     if os.environ.get("GPTOSS_KERNELS", "1") == "0":
+        _status = "off (GPTOSS_KERNELS=0): plain torch"
         return None
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if cc is None:
+        _failed("no C compiler (cc or gcc) is installed")
         return None
-    digest = hashlib.sha256((_SOURCE + cc).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("GPTOSS_KERNEL_CACHE", Path.home() / ".cache" / "gptoss_agent"))
-    lib_path = cache / f"kernels-{digest}.so"
+    lib_path = cache / f"kernels-{cache_key(cc)}.so"
     if not lib_path.exists():
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory() as tmp:
-                src = Path(tmp) / "kernels.c"
-                src.write_text(_SOURCE)
-                tmp_lib = Path(tmp) / "kernels.so"
-                cmd = [
-                    cc,
-                    "-O3",
-                    "-march=native",
-                    "-shared",
-                    "-fPIC",
-                    "-pthread",
-                    str(src),
-                    "-o",
-                    str(tmp_lib),
-                    "-lm",
-                ]
-                subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-                os.replace(tmp_lib, lib_path)  # atomic: concurrent builders do not see half a file
-        except (OSError, subprocess.SubprocessError):
+        error = _compile(cc, lib_path)
+        if error is not None:
+            _failed(error)
             return None
     try:
         lib = ctypes.CDLL(str(lib_path))
-    except OSError:
+    except OSError as e:
+        _failed(f"{lib_path} does not load: {e}")
         return None
+    _status = f"C kernels {lib_path}"
     p, i = ctypes.c_void_p, ctypes.c_int
     lib.mxfp4_gemv.argtypes = [p, p, p, p, p, i, i, i, i]
     lib.mxfp4_gemv_q8.argtypes = [p, p, p, p, p, i, i, i]
@@ -893,15 +948,37 @@ def _build() -> ctypes.CDLL | None:
     return lib
 
 
+def _failed(why: str) -> None:
+    """Record why the kernels are off, warn once, or raise under ``GPTOSS_REQUIRE_KERNELS=1``."""
+    global _status
+    _status = f"plain torch (the C kernels are off: {why})"
+    if os.environ.get("GPTOSS_REQUIRE_KERNELS") == "1":
+        raise KernelBuildError(f"GPTOSS_REQUIRE_KERNELS=1 but the C kernels are unavailable: {why}")
+    warnings.warn(
+        f"gptoss_agent: the C kernels are off, the model runs slower: {why}", RuntimeWarning, stacklevel=3
+    )
+
+
 def _library() -> ctypes.CDLL | None:
-    global _lib, _tried, _avx2
+    global _lib, _tried, _avx2, _status
     if not _tried:
         with _lock:
             if not _tried:
-                _lib = _build()
+                try:
+                    _lib = _build()
+                finally:
+                    _tried = True  # reported once: a failed build is not retried per call
                 _avx2 = _lib is not None and bool(_lib.has_avx2())
-                _tried = True
+                if _lib is not None:
+                    _status = f"{_status} ({'AVX2' if _avx2 else 'no AVX2'})"
     return _lib
+
+
+def describe() -> str:
+    """Which path the model's CPU arithmetic takes: the C kernels (and their file), or plain torch
+    and why (loads the library first)."""
+    _library()
+    return _status
 
 
 threads: int | None = None

@@ -43,9 +43,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from gptoss_agent.model import kernels as _kernels
 from gptoss_agent.model.cache import KVCache
 from gptoss_agent.model.checkpoint import Checkpoint, CheckpointError, open_checkpoint
-from gptoss_agent.model.engine import Engine, GenerationStats, Sampling
+from gptoss_agent.model.engine import Deadline, Engine, GenerationStats, Sampling
 from gptoss_agent.model.tokenizer import SPECIAL_TOKENS
 from gptoss_agent.model.transformer import Transformer
 
@@ -102,6 +103,13 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+_MIN_CHUNK = 16  # the smallest prefill chunk a near deadline makes
+
+
+class DeadlineExpired(Exception):
+    """``Session.prefill`` stopped between chunks: its deadline expired."""
 
 
 class Generation(Iterator[int]):
@@ -165,12 +173,18 @@ class Session:
         stop: Collection[int] = (),
         sampling: Sampling | None = None,
         max_tokens: int | None = None,
+        deadline: Deadline | None = None,
     ) -> Generation:
-        """Stream generated token ids; stops after a ``stop`` token, ``max_tokens``, or the context end."""
+        """Stream generated token ids; stops after a ``stop`` token, ``max_tokens``, or the context end.
+
+        ``deadline``: checked between prefill chunks and decode steps; once it has expired (or is
+        cancelled) the stream ends quietly. A chunk that would run past it is made smaller, by the
+        prefill rate measured so far; a cancellation waits for the chunk in flight.
+        """
         prompt = self.engine._check(prompt_ids)
         stats = self.last_stats = GenerationStats(prompt_tokens=len(prompt))
         self.engine._stats.set(stats)
-        tokens = self._generate(prompt, frozenset(stop), sampling or Sampling(), max_tokens, stats)
+        tokens = self._generate(prompt, frozenset(stop), sampling or Sampling(), max_tokens, stats, deadline)
         return Generation(tokens, stats, self)
 
     def reset(self) -> None:
@@ -212,16 +226,25 @@ class Session:
                 if t in marks:
                     self.cache.anchor(at + i)
 
-    def prefill(self, tokens: Sequence[int]) -> torch.Tensor:
-        """Run ``tokens`` after the cached ones, in chunks; return the logits of the last one."""
+    def prefill(self, tokens: Sequence[int], deadline: Deadline | None = None) -> torch.Tensor:
+        """Run ``tokens`` after the cached ones, in chunks; return the logits of the last one.
+
+        Raises ``DeadlineExpired`` between chunks once ``deadline`` has (the chunks run so far
+        stay cached)."""
         logits = torch.empty(0)
         with self._lock:
             self._anchor(tokens, len(self.cached_tokens))
-            for i in range(0, len(tokens), self.engine.prefill_chunk):
-                chunk = list(tokens[i : i + self.engine.prefill_chunk])
+            i = 0
+            while i < len(tokens):
+                if deadline is not None and deadline.expired():
+                    raise DeadlineExpired(f"prefill stopped after {i} of {len(tokens)} tokens")
+                chunk = list(tokens[i : i + self.engine._chunk_for(deadline)])
+                t0 = time.perf_counter()
                 with self._guard():
                     logits = self.engine._forward(chunk, self.cache)
+                self.engine._prefill_rate = len(chunk) / max(time.perf_counter() - t0, 1e-6)
                 self.cached_tokens += chunk
+                i += len(chunk)
         return logits
 
     def decode_one(self, token: int) -> torch.Tensor:
@@ -261,6 +284,7 @@ class Session:
         sampling: Sampling,
         max_tokens: int | None,
         stats: GenerationStats,
+        deadline: Deadline | None = None,
     ) -> Generator[int, None, None]:
         engine = self.engine
         generator = None
@@ -282,8 +306,12 @@ class Session:
                 stats.prefilled_tokens = len(prompt) - reused
                 stats.reuse_shortfall = why
                 self.cache.anchor(len(prompt))  # where this generation branches off the prompt
-                logits = self.prefill(prompt[reused:])
-                stats.prefill_seconds = time.perf_counter() - t0
+                try:
+                    logits = self.prefill(prompt[reused:], deadline)
+                except DeadlineExpired:
+                    return
+                finally:
+                    stats.prefill_seconds = time.perf_counter() - t0
             limit = self.context_length - len(prompt)
             if max_tokens is not None:
                 limit = min(limit, max_tokens)
@@ -295,7 +323,7 @@ class Session:
                     stats.generated_tokens += 1
                     stats.decode_seconds = time.perf_counter() - t0
                     yield token
-                    if token in stop or n + 1 == limit:
+                    if token in stop or n + 1 == limit or (deadline is not None and deadline.expired()):
                         break
                     with self._lock:
                         if self._epoch != epoch:
@@ -420,6 +448,7 @@ class LocalEngine:
         """Tokens (harmony's ``<|start|>``) whose positions stay restorable in sliding layers."""
         self.batch_wait = batch_wait
         """Seconds a decode step may wait for other sessions' steps to join its batch."""
+        self._prefill_rate = 0.0  # tokens/s of the latest prefill chunk (sizes chunks near a deadline)
         self._model_lock = threading.Lock()
         self._pool_lock = threading.RLock()
         self._batcher = _Batcher(self)
@@ -467,7 +496,8 @@ class LocalEngine:
             f"gpt-oss ({fmt}): {cfg.num_hidden_layers} layers, {cfg.num_experts} experts "
             f"(top {cfg.experts_per_token}), vocab {cfg.vocab_size}, weights {str(m.embedding.dtype).removeprefix('torch.')}, "
             f"compute {str(m.compute_dtype).removeprefix('torch.')}, device {m.device}, "
-            f"{weights} of weights in memory (experts packed){size}"
+            f"{weights} of weights in memory (experts packed){size}, "
+            f"arithmetic: {'CUDA (torch)' if m.device.type == 'cuda' else _kernels.describe()}"
         )
 
     # ---- sessions ----------------------------------------------------------------------------
@@ -528,6 +558,13 @@ class LocalEngine:
     def decode_one(self, token: int) -> torch.Tensor:
         """Run one token after the current session's cached ones; return its logits."""
         return self._session().decode_one(token)
+
+    def _chunk_for(self, deadline: Deadline | None) -> int:
+        """Prefill chunk size: ``prefill_chunk``, or what the measured rate fits in the time left."""
+        left = deadline.remaining() if deadline is not None else None
+        if left is None or self._prefill_rate <= 0:
+            return self.prefill_chunk
+        return max(_MIN_CHUNK, min(self.prefill_chunk, int(self._prefill_rate * left) + 1))
 
     def _forward(self, tokens: list[int], cache: KVCache) -> torch.Tensor:
         with self._model_lock:
@@ -620,8 +657,10 @@ class LocalEngine:
         stop: Collection[int] = (),
         sampling: Sampling | None = None,
         max_tokens: int | None = None,
+        deadline: Deadline | None = None,
     ) -> Generation:
-        """Stream generated token ids; stops after a ``stop`` token, ``max_tokens``, or the context end.
+        """Stream generated token ids; stops after a ``stop`` token, ``max_tokens``, the context
+        end, or ``deadline`` (see ``Session.generate``).
 
         The call runs on a pooled session: the idle one whose history the prompt continues (so
         each of several agents sharing the engine keeps its own cache), else a new one.
@@ -629,7 +668,9 @@ class LocalEngine:
         prompt = self._check(prompt_ids)
         with self._pool_lock:
             session = self._route(prompt)
-            stream = session.generate(prompt, stop=stop, sampling=sampling, max_tokens=max_tokens)
+            stream = session.generate(
+                prompt, stop=stop, sampling=sampling, max_tokens=max_tokens, deadline=deadline
+            )
             session._claim = weakref.ref(stream)
         self._current.set(session)
         return stream
