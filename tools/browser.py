@@ -34,7 +34,7 @@ from urllib.parse import quote, unquote
 
 from .base import FunctionSpec, NamespaceSpec, ToolError, ToolOutput, call_in_thread, run_coroutine
 from .fetch import Document, FetchConfig, Resolver, fetch
-from .page import domain_of, html_to_text, sanitize
+from .page import PageTooComplex, domain_of, html_to_text_bounded, sanitize
 from .search import SearchBackend, SearchResult, get_backend
 
 __all__ = ["Browser", "Citation", "Page", "wrap_lines"]
@@ -409,7 +409,7 @@ class Browser:
             self._cache.move_to_end(key)
             return cached
         document = await fetch(url, self.fetch_config)
-        page = _document_page(document, view_source=view_source)
+        page = await _document_page(document, view_source=view_source, config=self.fetch_config)
         self._remember(key, page)
         self._remember(f"view-source:{document.url}" if view_source else document.url, page)
         return page
@@ -521,9 +521,17 @@ def _find_page(page: Page, pattern: str) -> Page:
     )
 
 
-def _document_page(document: Document, *, view_source: bool) -> Page:
+async def _document_page(document: Document, *, view_source: bool, config: FetchConfig) -> Page:
     if document.kind == "html" and not view_source:
-        converted = html_to_text(document.text, document.url)
+        try:  # in a worker process, within a time limit: a hostile page cannot keep a core busy
+            converted = await html_to_text_bounded(
+                document.text, document.url, timeout=config.parse_timeout, max_depth=config.max_depth
+            )
+        except PageTooComplex:
+            raise _ModelError(
+                f"`{document.url}` is too complex to show: turning it into text took longer than "
+                f"{config.parse_timeout:g} s. Its source is readable with `view_source`."
+            ) from None
         title, text, links = converted.title, converted.text, tuple(converted.links)
     else:
         name = unquote(document.url.rstrip("/").rsplit("/", 1)[-1]) or domain_of(document.url)

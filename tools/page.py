@@ -6,17 +6,47 @@ parsed tree this module only decides layout: scripts, styles and other invisible
 link becomes ``【id†text】`` (``【id†text†domain】`` when it leaves the page's site), images with
 alt text become ``[Image: alt]``, headings ``# ...``, list items ``* ...``, table rows
 ``cell | cell``, and block elements start new lines.
+
+Hostile pages are bounded three ways. Size: the fetch cuts a body at its byte cap. Depth: lexbor
+takes time quadratic in the nesting depth (5 MB of ``<div>`` would take tens of minutes), so
+``limit_depth`` first drops the tags nested deeper than ``MAX_DEPTH`` (512, the depth at which
+Chromium's parser stops nesting too), keeping their text. Time: ``html_to_text_bounded`` runs the
+conversion in a separate worker process (this file run as a script: no package imports), which
+is killed when it passes its time limit or when the awaiting call is cancelled, so nothing keeps
+a core busy after the tool call has returned; the worker also sets its own CPU limit per page.
 """
 
 from __future__ import annotations
 
+import atexit
+import json
+import os
 import re
-from dataclasses import dataclass, field
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
-__all__ = ["PageText", "domain_of", "html_to_text", "sanitize"]
+__all__ = [
+    "MAX_DEPTH",
+    "PageText",
+    "PageTooComplex",
+    "domain_of",
+    "html_to_text",
+    "html_to_text_bounded",
+    "limit_depth",
+    "sanitize",
+]
+
+MAX_DEPTH = 512
+"""Tags nested deeper than this are dropped before parsing (their text stays)."""
 
 _BR = "\ue000"  # line break
 _PARA = "\ue001"  # paragraph break (blank line)
@@ -170,3 +200,251 @@ def _layout(raw: str) -> str:
     text = _PARA_RUN.sub("\n\n", text).replace(_BR, "\n")
     text = _CELL_END.sub("\n", text + "\n").strip("\n" + _CELL)
     return text.replace(_CELL, " | ").replace(_PRE_SPACE, " ").replace(_PRE_BREAK, "\n")
+
+
+# -- bounds: depth before parsing, time in a worker process ------------------------------------
+
+_TAG = re.compile(r"<!--|<(/?)([A-Za-z][A-Za-z0-9:-]*)[^<>]*>")
+_VOID = frozenset(
+    [
+        "area",
+        "base",
+        "br",
+        "col",
+        "embed",
+        "hr",
+        "img",
+        "input",
+        "link",
+        "meta",
+        "param",
+        "source",
+        "track",
+        "wbr",
+        "keygen",
+        "basefont",
+        "bgsound",
+        "frame",
+    ]
+)
+_OPTIONAL_END = frozenset(
+    [
+        "p",
+        "li",
+        "dt",
+        "dd",
+        "tr",
+        "td",
+        "th",
+        "thead",
+        "tbody",
+        "tfoot",
+        "option",
+        "optgroup",
+        "colgroup",
+        "rb",
+        "rt",
+        "rtc",
+        "rp",
+    ]
+)
+"""Elements the parser closes by itself when a sibling starts: they do not nest by repetition."""
+_RAW_TEXT = frozenset(
+    ["script", "style", "textarea", "title", "xmp", "iframe", "noembed", "noframes", "noscript", "plaintext"]
+)
+
+
+def limit_depth(html: str, max_depth: int = MAX_DEPTH) -> str:
+    """``html`` without the start and end tags nested deeper than ``max_depth`` (text kept).
+
+    A linear scan that counts elements which nest (not void elements, nor those whose end tag
+    is optional); raw-text elements (``script``, ``style`` ...) are skipped whole.
+    """
+    if html.count("<") <= max_depth:
+        return html
+    out: list[str] = []
+    depth = 0
+    kept = pos = 0
+    lowered: str | None = None
+    for match in _TAG.finditer(html):
+        if match.start() < pos:
+            continue  # inside a raw-text element skipped below
+        closing, name = match.group(1), match.group(2)
+        if name is None:  # a comment: skip to its end (found once, so the scan stays linear)
+            end = html.find("-->", match.end())
+            if end < 0:
+                break
+            pos = end + 3
+            continue
+        name = name.lower()
+        if name in _VOID or name in _OPTIONAL_END:
+            continue
+        if closing:
+            if depth > max_depth:
+                out.append(html[kept : match.start()])
+                kept = match.end()
+            depth = max(depth - 1, 0)
+            continue
+        if name in _RAW_TEXT:
+            lowered = lowered if lowered is not None else html.lower()
+            end = lowered.find(f"</{name}", match.end())
+            pos = len(html) if end < 0 else end
+            if name == "plaintext":
+                break
+            continue
+        depth += 1  # "<div/>" opens a div too: HTML ignores the slash on ordinary elements
+        if depth > max_depth:
+            out.append(html[kept : match.start()])
+            kept = match.end()
+    if not out:
+        return html
+    out.append(html[kept:])
+    return "".join(out)
+
+
+class PageTooComplex(Exception):
+    """The page took longer than its time limit to turn into text (the worker was stopped)."""
+
+
+class _Worker:
+    """A process that turns pages into text: requests and answers are length-prefixed JSON."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-I", os.path.abspath(__file__), "--worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def convert(self, html: str, url: str, max_depth: int, timeout: float) -> PageText:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        request = json.dumps({"html": html, "url": url, "max_depth": max_depth, "cpu": timeout}).encode()
+        deadline = time.monotonic() + timeout
+        try:
+            self.process.stdin.write(len(request).to_bytes(8, "big") + request)
+            self.process.stdin.flush()
+            size = int.from_bytes(self._read(8, deadline), "big")
+            answer = json.loads(self._read(size, deadline))
+        except (OSError, ValueError):
+            self.kill()
+            raise PageTooComplex(f"the page converter stopped (exit status {self.process.poll()})") from None
+        if "error" in answer:  # a bug in the conversion: say it, keep the worker
+            raise RuntimeError(f"converting the page to text failed: {answer['error']}")
+        return PageText(**answer)
+
+    def _read(self, size: int, deadline: float) -> bytes:
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        chunks: list[bytes] = []
+        while size > 0:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                self.kill()
+                raise PageTooComplex("timed out")
+            chunk = os.read(fd, min(size, 1 << 20))
+            if not chunk:
+                raise OSError("the page converter exited")
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                pipe.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+_IDLE: list[_Worker] = []
+_IDLE_LOCK = threading.Lock()
+_MAX_IDLE = 2
+_ATEXIT = False
+
+
+def _checkout() -> _Worker:
+    global _ATEXIT
+    with _IDLE_LOCK:
+        while _IDLE:
+            worker = _IDLE.pop()
+            if worker.alive:
+                return worker
+        if not _ATEXIT:
+            atexit.register(close_workers)
+            _ATEXIT = True
+    return _Worker()
+
+
+def _checkin(worker: _Worker) -> None:
+    with _IDLE_LOCK:
+        if worker.alive and len(_IDLE) < _MAX_IDLE:
+            _IDLE.append(worker)
+            return
+    worker.kill()
+
+
+def close_workers() -> None:
+    """Stop the idle page workers (they also exit when this process does)."""
+    with _IDLE_LOCK:
+        workers, _IDLE[:] = list(_IDLE), []
+    for worker in workers:
+        worker.kill()
+
+
+def worker_pids() -> list[int]:
+    """Process ids of the idle page workers (for tests and diagnostics)."""
+    with _IDLE_LOCK:
+        return [w.process.pid for w in _IDLE if w.alive]
+
+
+async def html_to_text_bounded(
+    html: str, url: str = "", *, timeout: float = 10.0, max_depth: int = MAX_DEPTH
+) -> PageText:
+    """``html_to_text`` of ``limit_depth(html)`` in a worker process, within ``timeout`` seconds.
+
+    Raises ``PageTooComplex`` past the limit. Cancelling the awaiting task stops the worker too.
+    """
+    from gptoss_agent.tools.base import call_in_thread
+    from gptoss_agent.tools.text import clean
+
+    worker = _checkout()
+    try:
+        page = await call_in_thread(worker.convert, clean(html), url, max_depth, timeout)
+    except BaseException:
+        worker.kill()  # a cancelled call: the thread waiting on it returns at once
+        raise
+    _checkin(worker)
+    return page
+
+
+def _serve() -> None:
+    """The worker's loop: read a request, answer it, until stdin closes (the parent is gone)."""
+    import resource
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the agent, which stops us
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while header := stdin.read(8):
+        request = json.loads(stdin.read(int.from_bytes(header, "big")))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        spent = usage.ru_utime + usage.ru_stime
+        # the kernel stops this process if the parent cannot (SIGXCPU)
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        resource.setrlimit(resource.RLIMIT_CPU, (int(spent + request["cpu"]) + 2, hard))
+        try:
+            html = limit_depth(request["html"], request["max_depth"])
+            answer: dict[str, Any] = asdict(html_to_text(html, request["url"]))
+        except Exception as e:  # a bug: the parent raises it
+            answer = {"error": f"{type(e).__name__}: {e}"}
+        data = json.dumps(answer).encode()
+        stdout.write(len(data).to_bytes(8, "big") + data)
+        stdout.flush()
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
+    _serve()

@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
+import os
+import threading
+import time
 import tracemalloc
 import zlib
+from pathlib import Path
 
 import pytest
+from gptoss_agent.tools import Browser, Toolbox
 from gptoss_agent.tools.fetch import BlockedURL, FetchConfig, FetchError, check_url, fetch, is_public_address
-from websim import Request, Response, Server
+from gptoss_agent.tools.page import MAX_DEPTH, html_to_text, limit_depth
+from websim import Request, Response, Server, big_page
 
 ZEROS = 64 * 2**20
 
@@ -53,6 +60,10 @@ def site(bombs):
         if request.path == "/members":  # two gzip members back to back
             body = gzip.compress(page[:1000].encode()) + gzip.compress(page[1000:].encode())
             return Response(200, body, {**html, "Content-Encoding": "gzip"})
+        if request.path.startswith("/nested/"):  # /nested/LEVELS
+            levels = int(request.path.rsplit("/", 1)[1])
+            body = "<html><body>" + "<div>" * levels + "deep inside" + "</div>" * levels + "</body></html>"
+            return Response(200, body.encode(), html)
         if request.path == "/br":
             return Response(200, b"\x1b\x00\x00", {**html, "Content-Encoding": "br"})
         if request.path == "/four":
@@ -142,3 +153,97 @@ def test_check_url_refuses_embedded_private_addresses(host):
         check_url(f"http://{host}/")
     with pytest.raises(BlockedURL):
         check_url("http://sneaky.test/", resolver=lambda name, port: [host.strip("[]")])
+
+
+# -- pathological HTML ----------------------------------------------------------------------------
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _page_workers() -> list[int]:
+    """Our child processes that convert pages (``page.py --worker``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if parent == os.getpid() and b"--worker" in command and b"page.py" in command:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _assert_nothing_left_running() -> None:
+    """No tool-call thread alive and no page worker using the CPU (over one second)."""
+    deadline = time.monotonic() + 5
+    while any(t.name.startswith("tool-call") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("tool-call")]
+    before = {pid: _cpu_seconds(pid) for pid in _page_workers()}
+    time.sleep(1.0)
+    for pid, cpu in before.items():
+        now = _cpu_seconds(pid)
+        assert now is None or cpu is None or now - cpu < 0.2, f"page worker {pid} still busy"
+
+
+def _open(browser: Browser, url: str) -> tuple[str, bool, float]:
+    started = time.monotonic()
+    out = browser.call("open", json.dumps({"id": url}))
+    return out.content, out.is_error, time.monotonic() - started
+
+
+def test_five_megabytes_of_nested_divs_open_quickly_and_leave_nothing_running(site, enc):
+    browser = Browser(allow_private_urls=True, encoding=enc)
+    text, is_error, seconds = _open(browser, f"{site.url}/nested/450000")  # 5 MB; unbounded: ~30 min
+    assert not is_error and "deep inside" in text, text[:500]
+    assert seconds < 60
+    _assert_nothing_left_running()
+
+
+def test_a_page_past_its_time_limit_stops_its_worker(site, enc):
+    browser = Browser(
+        allow_private_urls=True, encoding=enc, fetch_config=FetchConfig(parse_timeout=0.5, max_depth=10**9)
+    )
+    text, is_error, seconds = _open(browser, f"{site.url}/nested/150000")  # ~30 s of parsing unbounded
+    assert is_error and "too complex to show: turning it into text took longer than 0.5 s" in text
+    assert seconds < 15
+    _assert_nothing_left_running()
+    text, is_error, _ = _open(browser, f"{site.url}/gzip")  # a fresh worker for the next page
+    assert not is_error and "Tidal power, gently compressed." in text
+
+
+def test_a_call_cancelled_by_the_toolbox_stops_its_worker(site, enc):
+    config = FetchConfig(parse_timeout=120, max_depth=10**9)
+    box = Toolbox([Browser(allow_private_urls=True, encoding=enc, fetch_config=config)], timeout=1.0)
+    out = box.dispatch("browser.open", json.dumps({"id": f"{site.url}/nested/150000"}))
+    assert out.is_error and "did not finish within 1 seconds" in out.content
+    _assert_nothing_left_running()
+
+
+def test_limit_depth_drops_only_the_tags_too_deep():
+    deep = "<div>" * 2000 + "deep inside" + "</div>" * 2000 + "<p>after</p>"
+    limited = limit_depth(deep)
+    assert limited.count("<div>") == MAX_DEPTH and limited.count("</div>") == MAX_DEPTH
+    assert html_to_text(limited).text == "deep inside\n\nafter"
+    # void, optional-end, raw-text elements and comments are not nesting
+    flat = (
+        "<p>a<br><li>b<img src=x>" * 600
+        + "<script>"
+        + "<div>" * 900
+        + "</script><!--"
+        + "<div>" * 900
+        + "-->"
+    )
+    assert limit_depth(flat) is flat
+    assert limit_depth("<!--" * 100_000 + "<div>" * 600).count("<div>") == 600  # an unclosed comment
+    page = big_page()
+    assert limit_depth(page) is page
