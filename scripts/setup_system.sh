@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages the tests need: the Docker engine, bubblewrap, debootstrap (the registry-free
-# sandbox image), a C compiler (the CPU kernels of the local model) and curl (vLLM readiness).
+# Debian packages the tests need: python3-venv (a fresh Debian's python3 has no venv module), the
+# Docker engine, bubblewrap, debootstrap (the registry-free sandbox image), a C compiler (the CPU
+# kernels of the local model) and curl (vLLM readiness).
 set -euo pipefail
 need=()
-for pkg in docker.io tini bubblewrap debootstrap gcc libc6-dev curl; do
+for pkg in python3-venv docker.io tini bubblewrap debootstrap gcc libc6-dev curl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
