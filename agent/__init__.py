@@ -55,7 +55,7 @@ from gptoss_agent.agent.messages import (
     ToolNamespaceConfig,
 )
 from gptoss_agent.agent.scripted import ForcedEngine, ScriptedEngine, ScriptExhausted
-from gptoss_agent.agent.transcript import Transcript, TranscriptError, load_transcript
+from gptoss_agent.agent.transcript import Transcript, TranscriptError, TranscriptLocked, load_transcript
 from gptoss_agent.agent.workflow import Step, StepResult, Workflow, WorkflowError, WorkflowResult
 
 __all__ = [
@@ -104,6 +104,7 @@ __all__ = [
     "ToolNamespaceConfig",
     "Transcript",
     "TranscriptError",
+    "TranscriptLocked",
     "Usage",
     "Workflow",
     "WorkflowError",

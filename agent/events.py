@@ -53,6 +53,8 @@ class StopReason(StrEnum):
     """The run's wall-clock limit passed."""
     CONTEXT = "context"
     """The model's context window is full."""
+    INTERRUPTED = "interrupted"
+    """``Agent.interrupt()`` (the CLI's first Ctrl-C) stopped the run; the transcript records where."""
 
 
 @dataclass

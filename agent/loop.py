@@ -20,8 +20,8 @@ Who is at fault decides what happens:
   only.
 - limits end the run with a reason: ``max_steps`` generations, ``max_tokens`` generated in the
   run or ``max_generation_tokens`` in one generation (default ``GENERATION_TOKENS``, by effort: a
-  model that never closes its message still ends), ``timeout`` seconds of wall clock (checked between tokens and between steps; a hung tool
-  is bounded by the toolbox's timeout).
+  model that never closes its message still ends), ``timeout`` seconds of wall clock (bounding every wait of the run: see
+  "Run control" below).
 - bugs and runtime failures (an engine that raises, a sandbox that cannot start) propagate.
 
 The KV cache: each step's prompt extends the previous one (the generated tokens, the tool
@@ -32,24 +32,39 @@ reasoning stays. Dropping changes the prompt from the first dropped message on, 
 of each new turn prefills from there; ``keep_reasoning=True`` keeps all reasoning (more context,
 full reuse).
 
-Async callers use ``arun`` / ``astream``: the same loop runs in a worker thread and its events
-cross over through an ``asyncio.Queue``.
+Run control (``agent.control``): the loop is one generator that yields events and asks its
+driver for the model's tokens and the tools' results. ``arun`` / ``astream`` drive it on the
+caller's event loop (async tools run there, in the caller's context; sync tools and the engine in
+worker threads), ``run`` / ``stream`` on a private one. The run's ``timeout`` bounds every wait:
+the engine gets the time left (a ``Deadline``), every tool call the smaller of its own timeout and
+the time left, and the run ends within about a second of it with ``stop_reason=timeout``.
+``interrupt()`` ends it with ``interrupted``; cancelling ``arun`` or leaving ``astream`` early
+stops it too. A cut is recorded in the conversation (the transcript): a tool call in flight gets a
+tool message saying it was stopped, a generation in flight a system message saying where the turn
+was cut off.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gptoss_agent.agent.compaction import CompactionPolicy, Compactor, describe, reserve_tokens
+from gptoss_agent.agent.control import (
+    END_GENERATION,
+    NEXT_TOKEN,
+    Dispatch,
+    Generate,
+    Stopped,
+    SyncRunner,
+    drive,
+)
 from gptoss_agent.agent.events import (
     AgentEvent,
     AnswerDelta,
@@ -156,6 +171,8 @@ class _Step:
     errors: list[ParseError] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     timed_out: bool = False
+    stopped: StopReason | None = None
+    """The run's deadline or an interrupt cut this generation off (see ``agent.control``)."""
     last_final: Message | None = None
     foreign_role: Role | None = None
     context_full: bool = False
@@ -251,6 +268,8 @@ class Agent:
         """The conversation as the model sees it (system and developer messages first)."""
         self._lock = threading.Lock()
         self._stops = stop_tokens_for_assistant_actions()
+        self._control: Any = None  # the run in progress (agent.control.RunControl)
+        self._engine_thread: Any = None  # the latest generation's thread (it may outlive a cut run)
 
     # -- building the conversation -------------------------------------------------------
 
@@ -334,67 +353,64 @@ class Agent:
         """Run one user turn, yielding events as they happen; the last is ``RunDone``.
 
         ``task`` None continues the turn in progress (a resumed transcript): a pending tool call
-        is run first; a turn that already has its final answer ends at once.
+        is run first; a turn that already has its final answer ends at once. The same loop as
+        ``astream``, on a private event loop; leaving the ``for`` early stops the run (the
+        transcript records where it was cut).
         """
-        if not self._lock.acquire(blocking=False):
-            raise RuntimeError("this agent is already running; one session runs one turn at a time")
+        runner = SyncRunner()
+        events = self.astream(task)
+
+        async def step() -> AgentEvent:
+            return await anext(events)
+
         try:
-            yield from self._run(task)
+            while True:
+                try:
+                    event = runner.run(step())
+                except StopAsyncIteration:
+                    return
+                yield event
         finally:
-            self._lock.release()
+            try:
+                runner.run(events.aclose())
+            finally:
+                runner.close()
 
     async def arun(self, task: str | None = None) -> RunResult:
-        """``run`` for async callers (the loop runs in a worker thread)."""
+        """``run`` for async callers (see ``astream``); cancelling it stops the run at once."""
         result = None
-        async for event in self.astream(task):
-            if isinstance(event, RunDone):
-                result = event.result
+        events = self.astream(task)
+        try:
+            async for event in events:
+                if isinstance(event, RunDone):
+                    result = event.result
+        finally:
+            await events.aclose()
         assert result is not None
         return result
 
-    async def astream(self, task: str | None = None) -> AsyncIterator[AgentEvent]:
-        """``stream`` for async callers: the same loop in a worker thread, events through a queue.
+    def astream(self, task: str | None = None) -> AsyncGenerator[AgentEvent, None]:
+        """``stream`` for async callers, on the caller's event loop (see ``agent.control``).
 
-        Leaving the ``async for`` early (or cancelling) stops the loop at its next event.
+        Async tools run on this loop in the caller's context (``contextvars`` copied when the call
+        starts); sync tools and the engine run in worker threads, never blocking the loop.
+        Cancelling the task, or leaving the ``async for`` early, stops the generation and the tool
+        in flight within about a second, records the cut in the transcript and frees the agent.
         """
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
-        stop = threading.Event()
-        done = object()
+        return drive(self, task)
 
-        def put(item: tuple[bool, Any]) -> None:
-            with contextlib.suppress(RuntimeError):  # the event loop is gone
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        def work() -> None:
-            events = self.stream(task)
-            try:
-                for event in events:
-                    put((True, event))
-                    if stop.is_set():
-                        return
-            except BaseException as e:
-                put((False, e))
-                return
-            finally:
-                events.close()
-            put((True, done))
-
-        threading.Thread(target=work, name="agent-loop", daemon=True).start()
-        try:
-            while True:
-                ok, item = await queue.get()
-                if not ok:
-                    raise item
-                if item is done:
-                    return
-                yield item
-        finally:
-            stop.set()
+    def interrupt(self) -> None:
+        """Stop the run in progress with ``stop_reason=interrupted`` (from any thread, or a signal
+        handler: the CLI's first Ctrl-C). The generation and the tool in flight are stopped (a
+        sync tool is abandoned) and the cut is recorded; the session can run again afterwards."""
+        control = self._control
+        if control is not None:
+            control.interrupt()
 
     # -- the loop ------------------------------------------------------------------------
 
-    def _run(self, task: str | None) -> Iterator[AgentEvent]:
+    def _run(self, task: str | None) -> Generator[Any, Any, None]:
+        """The loop: events for the caller, and effects for the driver (``agent.control``)."""
         started = time.monotonic()
         deadline = started + self.timeout if self.timeout is not None else None
         self._begin()
@@ -413,7 +429,11 @@ class Agent:
                 return
             if last.author.role is Role.ASSISTANT and last.recipient is not None:
                 recipient = normalize_recipient(last.recipient)
-                yield from self._call_tool(0, recipient, last, calls)
+                # cut off by a crash or a stop: it may have run already (at least once)
+                stopped = yield from self._call_tool(0, recipient, last, calls, rerun=True)
+                if stopped is not None:
+                    yield self._done("", stopped, first_new, calls, usage, 0, started)
+                    return
         step = 0
         reason = StopReason.MAX_STEPS
         answer = ""
@@ -434,13 +454,17 @@ class Agent:
             tool_seconds = 0.0
             if outcome.call is not None:
                 t0 = time.perf_counter()
-                yield from self._call_tool(step, outcome.call.recipient, outcome.call.message, calls)
+                stopped = yield from self._call_tool(step, outcome.call.recipient, outcome.call.message, calls)
                 tool_seconds = time.perf_counter() - t0
                 ended = "call"
+                if stopped is not None:
+                    reason = ended = stopped
             elif outcome.answer is not None:
                 answer, reason, ended = outcome.answer.text, StopReason.ANSWER, "answer"
             elif outcome.context_full:
                 reason = ended = StopReason.CONTEXT
+            elif outcome.stopped is not None:
+                reason = ended = outcome.stopped
             elif outcome.timed_out:
                 reason = ended = StopReason.TIMEOUT
             elif outcome.capped or (
@@ -458,7 +482,13 @@ class Agent:
                 generation_seconds=outcome.generation_seconds,
                 tool_seconds=tool_seconds,
             )
-            if ended in ("answer", StopReason.TIMEOUT, StopReason.MAX_TOKENS, StopReason.CONTEXT):
+            if ended in (
+                "answer",
+                StopReason.TIMEOUT,
+                StopReason.MAX_TOKENS,
+                StopReason.CONTEXT,
+                StopReason.INTERRUPTED,
+            ):
                 break
         yield self._done(answer, reason, first_new, calls, usage, step, started)
 
@@ -492,7 +522,7 @@ class Agent:
             )
         )
 
-    def _generate(self, step: int, out: _Step, usage: Usage, deadline: float | None) -> Iterator[AgentEvent]:
+    def _generate(self, step: int, out: _Step, usage: Usage, deadline: float | None) -> Generator[Any, Any, None]:
         """One generation: stream tokens through the parser, append the assistant's messages."""
         limit = self._context_limit()
         prompt = yield from self._fit_context(step, limit)
@@ -511,14 +541,12 @@ class Agent:
         else:
             room = None  # the run's token budget, not the context, bounds this generation
         parser = StreamParser(self.enc, Role.ASSISTANT, record_tokens=True)
-        tokens = iter(
-            self.engine.generate(prompt, stop=self._stops, sampling=self.sampling, max_tokens=budget)
-        )
         generated = 0
         try:
+            yield Generate(prompt, budget)  # the driver runs the engine in a worker thread
             while True:
                 t0 = time.perf_counter()
-                token = next(tokens, None)
+                token = yield NEXT_TOKEN
                 out.generation_seconds += time.perf_counter() - t0
                 if token is None:
                     break
@@ -530,18 +558,17 @@ class Agent:
                 if deadline is not None and time.monotonic() >= deadline:
                     out.timed_out = True
                     break
-        finally:
-            close = getattr(tokens, "close", None)
-            if close is not None:
-                close()
-        if out.call is None and out.answer is None and out.foreign_role is None:
+        except Stopped as stop:  # the deadline or an interrupt: record where the turn was cut
+            out.stopped = stop.reason
+            self._append(stop.note())
+        stats = yield END_GENERATION  # the engine's numbers for this call (from its thread)
+        if out.stopped is None and out.call is None and out.answer is None and out.foreign_role is None:
             if room is not None and generated >= room and not out.timed_out:
                 out.context_full = True  # cut off by the context's end: not the model's mistake
             elif cap is not None and generated >= cap and not out.timed_out:
                 out.capped = True
             for event in parser.process_eos():
                 yield from self._on_parse_event(step, event, out)
-        stats = getattr(self.engine, "last_stats", None)
         out.usage = Usage(
             prompt_tokens=getattr(stats, "prompt_tokens", len(prompt)),
             reused_tokens=getattr(stats, "reused_tokens", 0),
@@ -632,11 +659,20 @@ class Agent:
         yield ParseProblem(step=step, kind=kind, detail=text, fed_back=True)
 
     def _call_tool(
-        self, step: int, recipient: str, message: Message, calls: list[ToolCallRecord]
-    ) -> Iterator[AgentEvent]:
+        self, step: int, recipient: str, message: Message, calls: list[ToolCallRecord], rerun: bool = False
+    ) -> Generator[Any, Any, StopReason | None]:
+        """Run one call (the driver awaits it, within the run's time left); the tool message goes
+        in the conversation. Returns the stop reason when the run's deadline or an interrupt cut
+        the call off (its tool message then says so)."""
         body = message.text
-        yield ToolCallStarted(step=step, recipient=recipient, arguments=body, channel=message.channel)
-        output = self.toolbox.dispatch(recipient, body)
+        stopped = None
+        try:
+            yield ToolCallStarted(step=step, recipient=recipient, arguments=body, channel=message.channel)
+            output = yield Dispatch(recipient, body)
+        except Stopped as stop:
+            output, stopped = stop.tool_output(recipient), stop.reason
+        if rerun:
+            output.metadata["rerun"] = True  # the transcript ended with this call: it may have run before
         reply = Message(
             author=Author(Role.TOOL, output.author),
             content=[TextContent(output.content)],
@@ -657,6 +693,7 @@ class Agent:
         )
         calls.append(record)
         yield ToolCallFinished(record)
+        return stopped
 
     # -- the session ----------------------------------------------------------------------
 

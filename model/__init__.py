@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from gptoss_agent.model.engine import Engine, GenerationStats, Sampling
+from gptoss_agent.model.engine import Deadline, Engine, GenerationStats, Sampling
 from gptoss_agent.model.tokenizer import SPECIAL_TOKENS, TokenizerNotFound, load_tokenizer
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ __all__ = [
     "PRESETS",
     "SPECIAL_TOKENS",
     "CheckpointError",
+    "Deadline",
     "Engine",
     "GenerationStats",
     "LocalEngine",

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from gptoss_agent.model.engine import GenerationStats, Sampling
+from gptoss_agent.model.engine import Deadline, GenerationStats, Sampling
 
 __all__ = [
     "ContextTooLong",
@@ -105,6 +105,9 @@ class RemoteConfig:
     """Connection pool size of the shared async client (concurrent streams)."""
     extra_body: dict[str, Any] = field(default_factory=dict)
     """Extra request fields passed through to vLLM (for example ``{"priority": 1}``)."""
+    max_model_len: int | None = None
+    """The model's context in tokens, for a server that does not report it in ``/v1/models`` (or
+    to use less than it reports); None takes the server's ``max_model_len``."""
 
 
 @dataclass(frozen=True)
@@ -240,7 +243,11 @@ class RemoteEngine:
             raise ServerError(f"the server at {self.base_url} serves {names}, not {wanted!r}")
         card = cards[names.index(wanted)]
         length = card.get("max_model_len")
-        return ServedModel(name=wanted, max_model_len=int(length) if isinstance(length, int) else None)
+        served_len = int(length) if isinstance(length, int) else None
+        mine = self.config.max_model_len
+        if mine is not None:
+            served_len = mine if served_len is None else min(mine, served_len)
+        return ServedModel(name=wanted, max_model_len=served_len)
 
     def _probe_vocab(self, served: ServedModel) -> None:
         """One-token request whose stop list holds gpt-oss's last token id.
@@ -308,23 +315,38 @@ class RemoteEngine:
         sampling: Sampling | None = None,
         max_tokens: int | None = None,
         stats: GenerationStats | None = None,
+        deadline: Deadline | None = None,
     ) -> Iterator[int]:
         """Stream generated token ids; stops after a token in ``stop``, ``max_tokens``, or the context end.
 
         The prompt is checked (and the server discovered) at the call; the request starts with
-        the first ``next``.
+        the first ``next``. ``deadline``: the request's timeouts shrink to the time it leaves, and
+        once it expires (or is cancelled) the stream closes its connection (vLLM then aborts the
+        request) and ends quietly.
         """
-        return self._stream(self._prepare(prompt_ids, stop, sampling, max_tokens, stats))
+        return self._stream(self._prepare(prompt_ids, stop, sampling, max_tokens, stats), deadline)
 
-    def _stream(self, call: _Call) -> Iterator[int]:
+    def _timeout_for(self, deadline: Deadline | None) -> httpx.Timeout:
+        """The configured timeouts, none longer than the deadline leaves (plus a moment)."""
+        left = deadline.remaining() if deadline is not None else None
+        if left is None:
+            return self._timeout
+        left += 0.25  # let the deadline, not the read, end a stream at the limit
+        cfg = self.config
+        return httpx.Timeout(min(cfg.read_timeout, left), connect=min(cfg.connect_timeout, left))
+
+    def _stream(self, call: _Call, deadline: Deadline | None = None) -> Iterator[int]:
         if call.max_tokens == 0:
             return
         client = self._sync_client()
         for attempt in range(self.config.retries + 1):
             state = _Stream(call)
+            if deadline is not None and deadline.expired():
+                return
+            timeout = self._timeout_for(deadline)
             try:
                 if self.config.stream:
-                    with client.stream("POST", call.url, json=call.body) as response:
+                    with client.stream("POST", call.url, json=call.body, timeout=timeout) as response:
                         if response.status_code >= 400:
                             response.read()
                             state.fail_status(response)
@@ -332,8 +354,10 @@ class RemoteEngine:
                             yield from state.feed_line(line)
                             if state.finished:
                                 break
+                            if deadline is not None and deadline.expired():
+                                return  # leaving the block closes the connection: the server aborts
                 else:
-                    response = client.post(call.url, json=call.body)
+                    response = client.post(call.url, json=call.body, timeout=timeout)
                     if response.status_code >= 400:
                         state.fail_status(response)
                     yield from state.feed_json(response)
@@ -342,6 +366,8 @@ class RemoteEngine:
             except _Retryable as exc:
                 self._give_up_unless_retry(exc, state, attempt)
             except httpx.HTTPError as exc:
+                if deadline is not None and deadline.expired():
+                    return  # the deadline, not the server, ended it
                 self._give_up_unless_retry(self._transport_failure(exc), state, attempt)
             time.sleep(self.config.retry_delay)
 
@@ -353,6 +379,7 @@ class RemoteEngine:
         sampling: Sampling | None = None,
         max_tokens: int | None = None,
         stats: GenerationStats | None = None,
+        deadline: Deadline | None = None,
     ) -> AsyncIterator[int]:
         """``generate`` for asyncio: concurrent calls share one pooled connection set."""
         if self._served is None:
@@ -363,9 +390,12 @@ class RemoteEngine:
         client = self._async_client()
         for attempt in range(self.config.retries + 1):
             state = _Stream(call)
+            if deadline is not None and deadline.expired():
+                return
+            timeout = self._timeout_for(deadline)
             try:
                 if self.config.stream:
-                    async with client.stream("POST", call.url, json=call.body) as response:
+                    async with client.stream("POST", call.url, json=call.body, timeout=timeout) as response:
                         if response.status_code >= 400:
                             await response.aread()
                             state.fail_status(response)
@@ -374,8 +404,10 @@ class RemoteEngine:
                                 yield token
                             if state.finished:
                                 break
+                            if deadline is not None and deadline.expired():
+                                return
                 else:
-                    response = await client.post(call.url, json=call.body)
+                    response = await client.post(call.url, json=call.body, timeout=timeout)
                     if response.status_code >= 400:
                         state.fail_status(response)
                     for token in state.feed_json(response):
@@ -386,6 +418,8 @@ class RemoteEngine:
             except _Retryable as exc:
                 self._give_up_unless_retry(exc, state, attempt)
             except httpx.HTTPError as exc:
+                if deadline is not None and deadline.expired():
+                    return
                 self._give_up_unless_retry(self._transport_failure(exc), state, attempt)
             await asyncio.sleep(self.config.retry_delay)
 

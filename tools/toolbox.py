@@ -10,12 +10,26 @@ invalid JSON (with its position), a schema violation (each path and message), an
 recipient (with the list of tools that exist), an exception inside a tool (its type, message
 and the last frames of its traceback), and a call that outlives its timeout. Only failures of
 the runtime itself propagate (a sandbox that cannot start, a bug in the toolbox).
+
+Where calls run: ``adispatch`` awaits an async tool on the caller's event loop, in the caller's
+context; a sync ``@tool`` function (or a sync method of a ``Toolset``) runs on the toolbox's
+bounded pool of worker threads (``workers``) with a copy of the caller's context. Each call gets
+the smaller of its own timeout and the ``timeout`` the caller passes (the agent passes the run's
+time left). An async tool is cancelled at its timeout; a sync one cannot be, so it is
+**abandoned**: the model is told so, and the same tool object (a whole ``Toolset``) is not
+entered again while the abandoned call still runs: a later call waits for it within its own
+timeout, then is answered that the tool is still busy. An abandoned call keeps its worker until it
+returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
 import difflib
+import queue
 import threading
 import time
 import traceback
@@ -25,7 +39,7 @@ from typing import Any, cast
 
 from gptoss_agent.sandbox.base import SandboxError
 from gptoss_agent.tools.base import NamespaceSpec, Tool, ToolError, ToolOutput
-from gptoss_agent.tools.function import FunctionTool
+from gptoss_agent.tools.function import FunctionTool, Toolset
 from gptoss_agent.tools.schema import ArgumentError, check_arguments, compile_validator, validation_schema
 from gptoss_agent.tools.text import clean, clean_json
 from jsonschema.protocols import Validator
@@ -64,6 +78,7 @@ class Toolbox:
             ``{"functions.crawl": 300}``) wins over both.
         max_chars: Longer results are cut to this many characters (head and tail kept, with a
             note in the middle saying how much was cut). None keeps everything.
+        workers: Threads that run sync tools (calls beyond that wait for a free one).
     """
 
     def __init__(
@@ -73,8 +88,13 @@ class Toolbox:
         timeout: float | None = 120.0,
         timeouts: Mapping[str, float] | None = None,
         max_chars: int | None = 20_000,
+        workers: int = 8,
     ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
         self.timeout = timeout
+        self._pool = _Workers(workers)
+        self._abandoned: dict[int, concurrent.futures.Future[Any]] = {}  # id(tool) -> call still running
         self.timeouts = dict(timeouts or {})
         self.max_chars = max_chars
         self.tools: list[Tool] = []
@@ -224,7 +244,7 @@ class Toolbox:
 
     # -- calling -------------------------------------------------------------------------
 
-    def dispatch(self, recipient: str, body: str) -> ToolOutput:
+    def dispatch(self, recipient: str, body: str, *, timeout: float | None = None) -> ToolOutput:
         """Run one tool call and return what goes back to the model (blocking).
 
         The same steps as ``adispatch``, run on a private event loop in a worker thread (so it
@@ -233,29 +253,74 @@ class Toolbox:
         """
         start = time.perf_counter()
         route = self.route(recipient)
-        guard = route.timeout + _GUARD_SECONDS if route is not None and route.timeout is not None else None
+        limit = _smaller(route.timeout, timeout) if route is not None else timeout
+        guard = limit + _GUARD_SECONDS if limit is not None else None
         try:
-            return _run_in_thread(lambda: asyncio.run(self.adispatch(recipient, body)), guard)
+            return _run_in_thread(lambda: asyncio.run(self.adispatch(recipient, body, timeout=timeout)), guard)
         except _Abandoned:
-            assert route is not None
-            return self._finish(self._timed_out(route), start)
+            assert route is not None and limit is not None
+            return self._finish(self._timed_out(route, limit, abandoned=True), start)
 
-    async def adispatch(self, recipient: str, body: str) -> ToolOutput:
-        """Run one tool call and return what goes back to the model (async)."""
+    async def adispatch(self, recipient: str, body: str, *, timeout: float | None = None) -> ToolOutput:
+        """Run one tool call and return what goes back to the model (async).
+
+        ``timeout`` (seconds) further bounds this call: it gets the smaller of that and its own.
+        """
         start = time.perf_counter()
         route, early = self._prepare(recipient, body)
         if early is not None:
             return self._finish(early, start)
         assert route is not None
-        scope = asyncio.timeout(route.timeout)
+        limit = _smaller(route.timeout, timeout)
+        sync_call = _sync_call(route, body)
+        if sync_call is not None:
+            return self._finish(await self._call_sync(route, sync_call, limit, start), start)
+        scope = asyncio.timeout(limit)
         try:
             async with scope:
                 output = await route.tool.acall(route.function, body)
         except (Exception, SystemExit) as e:  # sys.exit() in a tool ends the call, not the run
             if isinstance(e, TimeoutError) and scope.expired():
-                return self._finish(self._timed_out(route), start)
+                assert limit is not None
+                return self._finish(self._timed_out(route, limit), start)
             return self._finish(self._failure(route, e), start)
         return self._finish(self._normalise(route, output), start)
+
+    async def _call_sync(
+        self, route: Route, fn: Callable[[], ToolOutput], limit: float | None, start: float
+    ) -> ToolOutput:
+        """Run a sync tool on the worker pool (the caller's context copied) within ``limit``
+        seconds; past it, or when the awaiting task is cancelled, the call is abandoned."""
+        key = id(route.tool)
+        running = self._abandoned.get(key)
+        if running is not None:  # an earlier call of this tool ignored its deadline: wait for it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(running)), limit)
+            if not running.done():
+                return _error(
+                    route.name,
+                    f"{route.name} is still busy with an earlier call that did not stop at its time "
+                    "limit; try again later or do without it.",
+                    "busy",
+                )
+        future = self._pool.submit(contextvars.copy_context().run, fn)
+        try:
+            output = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), limit)
+        except (Exception, SystemExit) as e:  # sys.exit() in a tool ends the call, not the run
+            if isinstance(e, TimeoutError) and not future.done():
+                self._abandon(key, future)
+                assert limit is not None
+                return self._timed_out(route, limit, abandoned=True)
+            return self._failure(route, e)
+        except BaseException:  # cancelled: the thread cannot be stopped, so it is left to finish
+            if not future.done():
+                self._abandon(key, future)
+            raise
+        return self._normalise(route, output)
+
+    def _abandon(self, key: int, future: concurrent.futures.Future[Any]) -> None:
+        self._abandoned[key] = future
+        future.add_done_callback(lambda f: self._abandoned.pop(key, None) if self._abandoned.get(key) is f else None)
 
     def _prepare(self, recipient: str, body: str) -> tuple[Route | None, ToolOutput | None]:
         """Routing and argument checking, shared by both dispatch forms."""
@@ -278,12 +343,15 @@ class Toolbox:
             return _error(route.name, str(error), "tool_error")
         return _error(route.name, _describe_exception(route.name, error), "exception")
 
-    def _timed_out(self, route: Route) -> ToolOutput:
-        return _error(
-            route.name,
-            f"{route.name} did not finish within {route.timeout:g} seconds and was stopped.",
-            "timeout",
-        )
+    def _timed_out(self, route: Route, seconds: float, abandoned: bool = False) -> ToolOutput:
+        if abandoned:
+            text = (
+                f"{route.name} did not finish within {seconds:g} seconds and was abandoned "
+                "(it may still be running; its result will not be seen)."
+            )
+        else:
+            text = f"{route.name} did not finish within {seconds:g} seconds and was stopped."
+        return _error(route.name, text, "timeout")
 
     def _normalise(self, route: Route, output: Any) -> ToolOutput:
         if not isinstance(output, ToolOutput):  # a tool that broke the protocol: still say something
@@ -359,6 +427,71 @@ def truncate(text: str, max_chars: int | None, metadata: dict[str, Any] | None =
         f"{text[:head]}\n\n[... {cut:,} of {len(text):,} characters cut here; the output was too long ...]\n\n"
         f"{text[len(text) - tail :]}"
     )
+
+
+def _smaller(a: float | None, b: float | None) -> float | None:
+    """The smaller of two optional limits (None: no limit)."""
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
+
+
+def _sync_call(route: Route, body: str) -> Callable[[], ToolOutput] | None:
+    """The blocking call of a sync ``@tool`` function or sync ``Toolset`` method (None for
+    anything else: those are awaited through ``acall``)."""
+    tool = route.tool
+    if isinstance(tool, FunctionTool):
+        target: FunctionTool | None = tool
+    elif isinstance(tool, Toolset):
+        target = next((t for t in tool.tools if route.function in (t.name, t.author)), None)
+    else:
+        return None
+    if target is None or target.is_async:
+        return None
+    return lambda: tool.call(route.function, body)
+
+
+class _Workers:
+    """A bounded pool of daemon threads for sync tools.
+
+    Unlike ``ThreadPoolExecutor`` its threads are daemons: a call abandoned at its timeout never
+    holds up the interpreter's exit.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._jobs: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]] = (
+            queue.SimpleQueue()
+        )
+        self._threads = 0
+        self._idle = 0  # threads waiting for a job
+        self._pending = 0  # jobs no thread has taken yet
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            self._pending += 1
+            if self._pending > self._idle and self._threads < self.size:
+                self._threads += 1
+                threading.Thread(target=self._work, name="toolbox-worker", daemon=True).start()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            future, fn, args = self._jobs.get()
+            with self._lock:
+                self._idle -= 1
+                self._pending -= 1
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as e:
+                    future.set_exception(e)
+            del future, fn, args
 
 
 class _Abandoned(Exception):

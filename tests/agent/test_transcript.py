@@ -13,7 +13,15 @@ import time
 import openai_harmony as oh
 import pytest
 from agent_helpers import DATE, add, call, final
-from gptoss_agent.agent import Agent, ScriptedEngine, StopReason, Transcript, TranscriptError, load_transcript
+from gptoss_agent.agent import (
+    Agent,
+    ScriptedEngine,
+    StopReason,
+    Transcript,
+    TranscriptError,
+    TranscriptLocked,
+    load_transcript,
+)
 from gptoss_agent.agent.harmony import render_conversation_for_completion
 from gptoss_agent.agent.messages import Message, Role
 from gptoss_agent.tools import tool
@@ -116,6 +124,11 @@ def test_resume_after_kill(enc, tmp_path):
     assert result.stop_reason is StopReason.ANSWER and result.answer == "42, and I waited."
     assert [c.recipient for c in result.tool_calls] == ["functions.hang"]
     assert result.tool_calls[0].output == "waited 60.0" and result.steps == 1
+    assert result.tool_calls[0].metadata["rerun"] is True  # cut off by the kill: it may have run
+    # one writer per file: a second agent appending while the first is open is refused
+    with pytest.raises(TranscriptLocked, match="being written by another agent"):
+        Agent.from_transcript(path, ScriptedEngine([final("x")], enc=enc), [add, hang], enc=enc).run("more")
+    agent.close()
     # the resumed prompt is exactly the conversation so far (reasoning of this turn kept)
     after = load_transcript(path)
     assert after[: len(before)] == before and len(after) == len(before) + 2

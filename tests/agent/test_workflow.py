@@ -102,8 +102,10 @@ def test_resume_after_a_crash_in_the_second_step(enc, tmp_path):
     path = tmp_path / "flow.jsonl"
     # the first process dies in step 2, after its first (invalid) answer and during the retry
     crashing = ScriptedEngine(SCRIPT[:4], enc=enc)
+    crashed = Agent(crashing, [capacity], enc=enc, date=DATE, transcript=path)
     with pytest.raises(ScriptExhausted):
-        research_then_total(Agent(crashing, [capacity], enc=enc, date=DATE, transcript=path)).run()
+        research_then_total(crashed).run()
+    crashed.close()  # the process is gone, and its lock on the transcript with it
     # a new process: the same workflow over the transcript
     engine = ScriptedEngine(SCRIPT[4:], enc=enc)
     agent = Agent.from_transcript(path, engine, [capacity], enc=enc)
