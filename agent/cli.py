@@ -5,6 +5,8 @@
     gptoss-agent                         # interactive chat (one session); stdin lines when piped
     gptoss-agent --json "task"           # one JSON result on stdout
     gptoss-agent --jsonl "task"          # the event stream, one JSON object per line
+    gptoss-agent --mcp "npx -y @modelcontextprotocol/server-filesystem ." "task"   # an MCP server's tools
+    gptoss-agent mcp-server [--tools browser,python] [--http PORT]  # our tools for MCP clients
 
 A user's mistake (a bad flag, a missing model, no Docker engine) prints one sentence on stderr
 and exits with status 2; everything else that is not a bug exits 1 with one sentence too.
@@ -98,6 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--search",
         metavar="BACKEND",
         help="search backend of the browser: duckduckgo, searxng, brave, exa, tavily (default: $GPTOSS_SEARCH or duckduckgo)",
+    )
+    p.add_argument(
+        "--mcp",
+        action="append",
+        default=[],
+        metavar="'COMMAND ARGS'|URL",
+        help="an MCP server's tools as one more namespace: a command line started over stdio, "
+        "or a streamable HTTP (or /sse) URL; repeatable",
+    )
+    p.add_argument(
+        "--mcp-config",
+        metavar="FILE",
+        help='MCP servers from a JSON file in the common {"mcpServers": {...}} format',
     )
     p.add_argument(
         "--max-steps", type=_positive(int), default=20, help="most model generations per task (default 20)"
@@ -358,6 +373,39 @@ def build_tools(names: str, sandbox: str, search: str | None) -> list[Any]:
     return tools
 
 
+def build_mcp_servers(specs: Sequence[str], config: str | None) -> list[Any]:
+    """The MCP servers of ``--mcp`` and ``--mcp-config``, started and listed (so a broken one is
+    one sentence now, not a failure in the middle of a task)."""
+    if not specs and not config:
+        return []
+    import shlex
+
+    from gptoss_agent.tools.mcp import MCPConnectionError, MCPServer, load_mcp_config
+
+    servers: list[Any] = []
+    try:
+        for spec in specs:
+            if spec.strip().startswith(("http://", "https://")):
+                servers.append(MCPServer.http(spec.strip()))
+                continue
+            try:
+                words = shlex.split(spec)
+            except ValueError as e:
+                raise UserError(f"--mcp {spec!r}: {e}") from None
+            if not words:
+                raise UserError("--mcp needs a command line or a URL")
+            servers.append(MCPServer.stdio(words[0], words[1:]))
+        if config:
+            servers.extend(load_mcp_config(config))
+        for server in servers:
+            server.connect()
+    except (ValueError, MCPConnectionError) as e:
+        for server in servers:
+            server.close()
+        raise UserError(str(e).rstrip(".")) from None
+    return servers
+
+
 # -- running ---------------------------------------------------------------------------------
 
 
@@ -484,6 +532,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     quiet = args.json or args.jsonl
     _check_transcripts(args)  # the cheap checks first: no model load before a typo is caught
     tools = build_tools(args.tools, args.sandbox, args.search)
+    tools += build_mcp_servers(args.mcp, args.mcp_config)
     engine, enc = _load_engine(args, quiet)
     out = _Output(args, tools)
     renderer = out.renderer
@@ -502,6 +551,18 @@ def run(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+SUBCOMMANDS = {"mcp-server": "gptoss_agent.server.mcp"}
+"""``gptoss-agent NAME ...`` runs that module's ``main(argv)`` (loaded only then)."""
+
+
+def _subcommand(argv: Sequence[str]) -> int | None:
+    """Run a subcommand (``mcp-server``) when ``argv`` starts with one; None otherwise."""
+    if not argv or argv[0] not in SUBCOMMANDS:
+        return None
+    module = importlib.import_module(SUBCOMMANDS[argv[0]])
+    return int(module.main(list(argv[1:])))
+
+
 def _sentence(text: str) -> str:
     text = str(text).rstrip()
     return text if text.endswith((".", "?", "!")) else text + "."
@@ -513,7 +574,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gptoss_agent.sandbox.base import SandboxError
 
     try:
-        return run(argv)
+        sub = _subcommand(sys.argv[1:] if argv is None else argv)
+        return sub if sub is not None else run(argv)
     except UserError as e:
         print(f"gptoss-agent: {_sentence(str(e))}", file=sys.stderr)
         return 2
