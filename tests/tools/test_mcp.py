@@ -343,3 +343,41 @@ def test_load_mcp_config(tmp_path):
         path.write_text(bad)
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
             load_mcp_config(path)
+
+
+# -- workflows ---------------------------------------------------------------------------------
+
+
+def test_workflow_steps_share_the_server_and_resume_from_a_transcript(enc, tmp_path):
+    from gptoss_agent.agent.workflow import Workflow
+
+    transcript = tmp_path / "flow.jsonl"
+
+    def flow(agent: Agent) -> Workflow:
+        f = Workflow(agent)
+        f.step("pid", "Which process serves you?")
+        f.step(
+            "sum",
+            "Add 20 and 22 with the server.",
+            schema={"type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]},
+        )
+        return f
+
+    engine = ScriptedEngine(
+        [
+            call("test_server.pid", "{}"),
+            final("the pid"),
+            call("test_server.add", '{"a": 20, "b": 22}'),
+            '<|channel|>final <|constrain|>sum<|message|>{"total": 42}<|return|>',
+        ],
+        enc=enc,
+    )
+    with Agent(engine, [stdio_server()], enc=enc, date=DATE, transcript=transcript) as agent:
+        result = flow(agent).run()
+    assert result["sum"].data == {"total": 42}
+    pids = [r.tool_calls[0].output for r in result["pid"].runs]
+    assert pids and int(pids[0]) > 0
+    resumed = ScriptedEngine([], enc=enc)
+    with Agent.from_transcript(transcript, resumed, [stdio_server()], enc=enc, date=DATE) as agent:
+        again = flow(agent).run()
+    assert again["sum"].data == {"total": 42} and again["sum"].resumed and resumed.calls == 0
