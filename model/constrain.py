@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -214,9 +215,6 @@ def _explain(spec: HarmonySpec, error: str) -> str:
     return f"the harmony grammar cannot be built: {error}"
 
 
-_BITS = torch.arange(32, dtype=torch.int32)
-
-
 class ConstraintState:
     """The grammar's position within one generation."""
 
@@ -232,13 +230,15 @@ class ConstraintState:
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits (vocab,)`` with every token the grammar refuses at ``-inf`` (a new tensor)."""
+        # numpy, single-threaded: torch's intra-op threads only add barriers on a vector this short
         self.masked_steps += 1
-        words = torch.empty((self._vocab + 31) // 32, dtype=torch.int32)
-        self._matcher.unsafe_compute_mask_ptr(words.data_ptr(), words.numel() * 4)
-        allowed = ((words.unsqueeze(1) >> _BITS) & 1).view(-1).bool()  # bit j of word i: token 32*i+j
+        words = np.zeros((self._vocab + 31) // 32, dtype="<u4")
+        self._matcher.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
+        allowed = np.unpackbits(words.view(np.uint8), bitorder="little")  # bit j of word i: token 32i+j
         width = logits.shape[-1]
-        out = logits.detach().float().cpu().masked_fill(~allowed[:width], float("-inf"))
-        if not torch.isfinite(out).any():
+        values = logits.detach().float().cpu().numpy()
+        out = torch.from_numpy(np.where(allowed[:width].astype(bool), values, np.float32(-np.inf)))
+        if not allowed[:width].any():
             raise ConstraintError(f"the grammar allows no token of the model's vocabulary: {self.error()}")
         return out
 
