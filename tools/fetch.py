@@ -10,6 +10,7 @@ header and the TLS server name), so a DNS answer cannot change between check and
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import functools
 import ipaddress
@@ -472,32 +473,85 @@ def _decode(url: str, response: httpx.Response, body: bytes, truncated: bool) ->
 
 
 def decode_text(body: bytes, charset: str | None, *, html: bool = False) -> tuple[str, str]:
-    """Decode ``body``: the declared charset, then a BOM, an HTML ``<meta charset>``, UTF-8, and
-    finally charset-normalizer's detection."""
-    candidates: list[str] = []
-    if charset:
-        candidates.append(charset)
+    """Decode ``body`` much as a browser does: by its BOM, else the declared charset (the
+    ``Content-Type`` header's, then an HTML ``<meta charset>``), else as UTF-8, else by a guess.
+
+    A declared charset (or UTF-8) that fits all but a few bytes keeps them as U+FFFD: a stray
+    byte does not send a UTF-8 page to the guesser (which made mojibake of it). Only a charset
+    that fits badly gives way to the next. Labels the web reads as windows-1252 (``iso-8859-1``,
+    ``ascii``) are decoded as windows-1252, whose quotes and dashes such pages use.
+    """
     for bom, name in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
         if body.startswith(bom):
-            candidates.insert(0, name)
+            return body.decode(name, "replace"), name
+    candidates = [charset] if charset else []
     if html and (match := _META_CHARSET.search(body[:4096])):
         candidates.append(match.group(1).decode("ascii"))
-    candidates.append("utf-8")
-    for name in candidates:
-        try:
-            return body.decode(name), name.lower()
-        except LookupError:
-            continue
-        except UnicodeDecodeError as e:
-            if e.start >= len(body) - 3:  # only the last character is incomplete: cut by the size cap
-                with contextlib.suppress(UnicodeDecodeError):
-                    return body[: e.start].decode(name), name.lower()
+    for name in [*candidates, "utf-8"]:
+        text = _decode_as(body, name)
+        if text is not None:
+            return text, name.lower()
+    return _guess(body)
+
+
+_WINDOWS_1252 = {
+    "ascii", "us-ascii", "iso-8859-1", "iso8859-1", "iso_8859-1", "latin1", "latin-1", "l1", "cp819",
+    "ibm819", "iso-ir-100", "csisolatin1", "windows-1252", "cp1252", "x-cp1252",
+}  # fmt: skip
+"""Labels that mean windows-1252 to a browser (the WHATWG Encoding Standard)."""
+
+
+def _decode_as(body: bytes, name: str) -> str | None:
+    """``body`` in charset ``name`` when it fits: its invalid bytes as U+FFFD when they are at
+    most a quarter of the non-ASCII characters, else None (and None for an unknown charset)."""
+    codec = "cp1252" if name.strip().lower() in _WINDOWS_1252 else name
+    try:
+        return body.decode(codec)
+    except LookupError:
+        return None
+    except UnicodeDecodeError as e:
+        if e.start >= len(body) - 3:  # only the last character is incomplete: cut by the size cap
+            with contextlib.suppress(UnicodeDecodeError):
+                return body[: e.start].decode(codec)
+    text = body.decode(codec, "replace")
+    legit = body.count(b"\xef\xbf\xbd") if codecs.lookup(codec).name == "utf-8" else 0
+    bad = text.count("\ufffd") - legit
+    non_ascii = len(text) - len(text.encode("ascii", "ignore"))
+    return text if 4 * bad <= non_ascii else None
+
+
+_LATIN_PUNCTUATION = set("\xa0¡¢£¥§¨©ª«¬\xad®¯°±´µ¶·¸º»¿×÷‘’‚“”„†‡•…‰‹›€™–—ˆ˜")
+
+
+def _guess(body: bytes) -> tuple[str, str]:
+    """charset-normalizer's guess, but never UTF-16/32 without a BOM, and windows-1252 when that
+    reads as Latin-script text no worse than the guess (for short Western text every single-byte
+    charset ties, and the guesser's first pick was cp1250: "très" became "trčs")."""
     from charset_normalizer import from_bytes
 
-    best = from_bytes(body[:200_000]).best()
-    if best is not None and best.encoding:
-        return body.decode(best.encoding, errors="replace"), best.encoding
-    return body.decode("utf-8", errors="replace"), "utf-8"
+    sample = body[:200_000]
+    matches = [m for m in from_bytes(sample) if not m.encoding.startswith(("utf_16", "utf_32"))]
+    cp1252 = next((m.coherence for m in matches if m.encoding == "cp1252"), 0.0)
+    if _reads_as_latin(sample) and (not matches or matches[0].coherence <= cp1252 + 0.01):
+        return body.decode("cp1252", "replace"), "windows-1252"
+    if matches:
+        return body.decode(matches[0].encoding, "replace"), matches[0].encoding
+    return body.decode("utf-8", "replace"), "utf-8"
+
+
+def _reads_as_latin(sample: bytes) -> bool:
+    """True if ``sample`` in windows-1252 is plausible Latin-script text: every non-ASCII
+    character a letter or common punctuation, and most letters ASCII (Cyrillic or Greek read as
+    windows-1252 is all accented letters)."""
+    try:
+        text = sample.decode("cp1252")
+    except UnicodeDecodeError:
+        return False
+    wide = [c for c in text if c > "\x7f"]
+    if any(not c.isalpha() and c not in _LATIN_PUNCTUATION for c in wide):
+        return False
+    wide_letters = sum(c.isalpha() for c in wide)
+    return wide_letters <= 0.4 * sum(c.isalpha() for c in text)
 
 
 def _pdf_text(url: str, body: bytes) -> str:

@@ -64,6 +64,9 @@ def site(bombs):
             levels = int(request.path.rsplit("/", 1)[1])
             body = "<html><body>" + "<div>" * levels + "deep inside" + "</div>" * levels + "</body></html>"
             return Response(200, body.encode(), html)
+        if request.path in CHARSET_PAGES:
+            body, content_type = CHARSET_PAGES[request.path]
+            return Response(200, body, {"Content-Type": content_type})
         if request.path == "/br":
             return Response(200, b"\x1b\x00\x00", {**html, "Content-Encoding": "br"})
         if request.path == "/four":
@@ -247,3 +250,41 @@ def test_limit_depth_drops_only_the_tags_too_deep():
     assert limit_depth("<!--" * 100_000 + "<div>" * 600).count("<div>") == 600  # an unclosed comment
     page = big_page()
     assert limit_depth(page) is page
+
+
+# -- charsets ---------------------------------------------------------------------------------------
+
+ZURICH = "<html><body><p>The café in Zürich charges 5 € for a naïve crème brûlée; señor Müller agrees.</p></body></html>"
+FRENCH = "Le café de la gare, où l'on mange très bien, près du musée."
+CHARSET_PAGES = {
+    # declared UTF-8, one stray byte
+    "/utf8-bad": (ZURICH.encode()[:40] + b"\xe9" + ZURICH.encode()[40:], "text/html; charset=utf-8"),
+    "/latin1": (FRENCH.encode("latin-1"), "text/plain"),  # undeclared
+    "/latin1.html": (f"<html><body><p>{FRENCH}</p></body></html>".encode("latin-1"), "text/html"),
+    "/resume": ("Résumé".encode("latin-1"), "text/plain"),  # too short for any statistics
+    "/quotes": ("It\x92s a \x93quote\x94 \x96 here".encode("latin-1"), "text/plain; charset=iso-8859-1"),
+    "/mislabelled": (((FRENCH + " ") * 5).encode("latin-1"), "text/plain; charset=utf-8"),
+    "/polish": ("Zażółć gęślą jaźń, czyli polski tekst.".encode("cp1250"), "text/plain"),
+}
+
+
+def test_a_utf8_page_with_a_few_bad_bytes_keeps_its_charset(site):
+    doc = get(site, "/utf8-bad")
+    # it was guessed as cp932: "naﾃｯve crﾃｨme brﾃｻlﾃｩe"
+    assert doc.charset == "utf-8" and doc.text.count("\ufffd") == 1
+    assert doc.text.replace("\ufffd", "") == ZURICH
+
+
+@pytest.mark.parametrize(
+    ("path", "text"),
+    [
+        ("/latin1", FRENCH),
+        ("/latin1.html", FRENCH),
+        ("/resume", "Résumé"),
+        ("/quotes", "It’s a “quote” – here"),  # what the web calls iso-8859-1 is windows-1252
+        ("/mislabelled", FRENCH),  # "utf-8" that fits none of its accents gives way to a guess
+        ("/polish", "Zażółć gęślą jaźń"),
+    ],
+)
+def test_latin1_and_other_single_byte_pages_are_not_misdetected(site, path, text):
+    assert text in get(site, path).text
