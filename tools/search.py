@@ -28,6 +28,7 @@ import httpx
 
 from .base import ToolError
 from .fetch import shared_ssl_context
+from .page import limit_depth
 from .text import clean
 
 __all__ = [
@@ -226,7 +227,7 @@ class DuckDuckGoSearch(HttpSearchBackend):
     def parse(self, response):
         from selectolax.lexbor import LexborHTMLParser
 
-        tree = LexborHTMLParser(response.text)
+        tree = LexborHTMLParser(limit_depth(response.text))  # lexbor is quadratic in nesting depth
         results = []
         for node in tree.css("div.result"):
             classes = node.attributes.get("class") or ""
