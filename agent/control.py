@@ -66,6 +66,8 @@ class Generate(_Effect):
 
     prompt: list[int]
     max_tokens: int | None
+    constraint: Any = None
+    """A ``HarmonyGrammar`` for engines that take one (``supports_constraints``)."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,8 @@ class _Producer:
         tokens: Any = None
         try:
             options: dict[str, Any] = {"deadline": self.deadline} if _accepts_deadline(self.engine) else {}
+            if self.effect.constraint is not None:
+                options["constraint"] = self.effect.constraint
             tokens = iter(
                 self.engine.generate(
                     self.effect.prompt,

@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gptoss_agent.agent.compaction import CompactionPolicy, Compactor, describe, reserve_tokens
+from gptoss_agent.agent.constraints import ToolChoice
 from gptoss_agent.agent.control import (
     END_GENERATION,
     NEXT_TOKEN,
@@ -107,7 +108,7 @@ from gptoss_agent.agent.messages import (
 )
 from gptoss_agent.agent.transcript import Transcript, load_transcript
 from gptoss_agent.model.engine import Engine, Sampling
-from gptoss_agent.tools.base import NamespaceSpec, Tool
+from gptoss_agent.tools.base import NamespaceSpec, Tool, ToolOutput
 from gptoss_agent.tools.toolbox import Toolbox
 
 __all__ = ["Agent", "drop_finished_reasoning"]
@@ -207,6 +208,12 @@ class Agent:
             the context: a policy ``policy(messages, budget, measure) -> messages`` (see
             ``agent.compaction``; default ``Compactor()``), or None to stop with ``context``.
         date: The ``Current date`` line (default: today, UTC).
+        constrain: Constrain the engine's decoding to harmony with the declared tools (calls that
+            always parse and fit their schemas); None: on where the engine supports it
+            (``LocalEngine``). See ``agent.constraints``.
+        tool_choice: ``"auto"``, ``"none"``, ``"required"`` or a tool's name; a forcing choice binds
+            the first generation of each run.
+        reasoning_budget: At most this many tokens of reasoning per generation (constrained engines).
         enc: The tokenizer (default: ``load_tokenizer()``).
     """
 
@@ -229,6 +236,9 @@ class Agent:
         keep_reasoning: bool = False,
         context_budget: int | None = None,
         compaction: CompactionPolicy | None = Compactor(),  # noqa: B008 -- a stateless default
+        constrain: bool | None = None,
+        tool_choice: str = "auto",
+        reasoning_budget: int | None = None,
         date: str | None = None,
         enc: Any = None,
     ) -> None:
@@ -268,6 +278,12 @@ class Agent:
         """The conversation as the model sees it (system and developer messages first)."""
         self._lock = threading.Lock()
         self._stops = stop_tokens_for_assistant_actions()
+        supported = bool(getattr(engine, "supports_constraints", False))
+        if constrain and not supported:
+            raise ValueError(f"{type(engine).__name__} cannot constrain decoding (constrain=True needs LocalEngine)")
+        self.constraints = ToolChoice(tool_choice, reasoning_budget, supported if constrain is None else constrain)
+        self.answer_schema: dict[str, Any] | None = None
+        """JSON Schema the final answer must fit (``Workflow`` sets it for a step with a schema)."""
         self._control: Any = None  # the run in progress (agent.control.RunControl)
         self._engine_thread: Any = None  # the latest generation's thread (it may outlive a cut run)
 
@@ -454,11 +470,17 @@ class Agent:
             tool_seconds = 0.0
             if outcome.call is not None:
                 t0 = time.perf_counter()
-                stopped = yield from self._call_tool(step, outcome.call.recipient, outcome.call.message, calls)
+                refused = self.constraints.refusal(self.toolbox, step == 1, outcome.call.recipient)
+                stopped = yield from self._call_tool(
+                    step, outcome.call.recipient, outcome.call.message, calls, refused=refused
+                )
                 tool_seconds = time.perf_counter() - t0
                 ended = "call"
                 if stopped is not None:
                     reason = ended = stopped
+            elif outcome.answer is not None and (refused := self.constraints.refusal(self.toolbox, step == 1, None)):
+                self._append(Message.from_role_and_content(Role.SYSTEM, refused))  # unconstrained engines
+                ended = "refused"
             elif outcome.answer is not None:
                 answer, reason, ended = outcome.answer.text, StopReason.ANSWER, "answer"
             elif outcome.context_full:
@@ -543,7 +565,8 @@ class Agent:
         parser = StreamParser(self.enc, Role.ASSISTANT, record_tokens=True)
         generated = 0
         try:
-            yield Generate(prompt, budget)  # the driver runs the engine in a worker thread
+            grammar = self.constraints.grammar(self.enc, self.toolbox, step == 1, self.answer_schema)
+            yield Generate(prompt, budget, grammar)  # the driver runs the engine in a worker thread
             while True:
                 t0 = time.perf_counter()
                 token = yield NEXT_TOKEN
@@ -659,16 +682,26 @@ class Agent:
         yield ParseProblem(step=step, kind=kind, detail=text, fed_back=True)
 
     def _call_tool(
-        self, step: int, recipient: str, message: Message, calls: list[ToolCallRecord], rerun: bool = False
+        self,
+        step: int,
+        recipient: str,
+        message: Message,
+        calls: list[ToolCallRecord],
+        rerun: bool = False,
+        refused: str | None = None,
     ) -> Generator[Any, Any, StopReason | None]:
         """Run one call (the driver awaits it, within the run's time left); the tool message goes
         in the conversation. Returns the stop reason when the run's deadline or an interrupt cut
-        the call off (its tool message then says so)."""
+        the call off (its tool message then says so). A ``refused`` call (the tool choice forbids
+        it) does not run: the model reads why."""
         body = message.text
         stopped = None
         try:
             yield ToolCallStarted(step=step, recipient=recipient, arguments=body, channel=message.channel)
-            output = yield Dispatch(recipient, body)
+            if refused is not None:
+                output = ToolOutput(author=recipient, content=refused, is_error=True)
+            else:
+                output = yield Dispatch(recipient, body)
         except Stopped as stop:
             output, stopped = stop.tool_output(recipient), stop.reason
         if rerun:
