@@ -181,10 +181,21 @@ class Session:
         cancelled) the stream ends quietly. A chunk that would run past it is made smaller, by the
         prefill rate measured so far; a cancellation waits for the chunk in flight.
         """
-        prompt = self.engine._check(prompt_ids)
+        return self._stream(self.engine._check(prompt_ids), stop, sampling, max_tokens, deadline, None)
+
+    def _stream(
+        self,
+        prompt: list[int],
+        stop: Collection[int],
+        sampling: Sampling | None,
+        max_tokens: int | None,
+        deadline: Deadline | None,
+        seed: Session | None,
+    ) -> Generation:
         stats = self.last_stats = GenerationStats(prompt_tokens=len(prompt))
         self.engine._stats.set(stats)
-        tokens = self._generate(prompt, frozenset(stop), sampling or Sampling(), max_tokens, stats, deadline)
+        sampling = sampling or Sampling()
+        tokens = self._generate(prompt, frozenset(stop), sampling, max_tokens, stats, deadline, seed)
         return Generation(tokens, stats, self)
 
     def reset(self) -> None:
@@ -258,13 +269,13 @@ class Session:
 
     def fork(self, source: Session, prompt: Sequence[int]) -> int:
         """Start from the longest prefix of ``prompt`` that ``source`` holds (a copy); return its length."""
-        with source._lock:
+        first, second = sorted((self, source), key=id)  # one lock order for every pair
+        with first._lock, second._lock:
             n = min(_common_prefix(source.cached_tokens, prompt), len(prompt) - 1)
             n = source.cache.best_restorable(n)
-            with self._lock:
-                self._epoch += 1
-                self.cache.copy_prefix(source.cache, n)
-                self.cached_tokens = source.cached_tokens[:n]
+            self._epoch += 1
+            self.cache.copy_prefix(source.cache, n)
+            self.cached_tokens = source.cached_tokens[:n]
         return n
 
     @contextmanager
@@ -285,8 +296,11 @@ class Session:
         max_tokens: int | None,
         stats: GenerationStats,
         deadline: Deadline | None = None,
+        seed: Session | None = None,
     ) -> Generator[int, None, None]:
         engine = self.engine
+        if seed is not None:  # a new pooled session: start from a copy of another's prefix
+            self.fork(seed, prompt)
         generator = None
         if sampling.temperature > 0:
             generator = torch.Generator()
@@ -579,10 +593,10 @@ class LocalEngine:
     def _tensor(self, tokens: list[int]) -> torch.Tensor:
         return torch.tensor(tokens, dtype=torch.long, device=self.model.device)
 
-    def _route(self, prompt: list[int]) -> Session:
+    def _route(self, prompt: list[int]) -> tuple[Session, Session | None]:
         """The pooled session for a new call: the idle one whose history the prompt continues,
-        else a fresh (or the least recently used idle) one, seeded with the longest prefix any
-        session holds."""
+        else a fresh (or the least recently used idle) one, with the session to copy the longest
+        shared prefix from (None: nothing to copy)."""
         with self._pool_lock:
             free = [s for s in self._pool if not _claimed(s)]
             shared = {
@@ -592,7 +606,7 @@ class LocalEngine:
             for s in sorted(free, key=lambda s: -shared[id(s)]):
                 n = shared[id(s)]
                 if not s.cached_tokens or (n > 0 and 2 * n >= len(s.cached_tokens) and n >= shared[id(best)]):
-                    return s
+                    return s, None
                 break
             target = next((s for s in free if not s.cached_tokens), None)
             if target is None and len(self._pool) < self.max_sessions:
@@ -603,9 +617,7 @@ class LocalEngine:
             if target is None:
                 target = Session(self)  # every pooled session is streaming: one more
                 self._pool.append(target)
-            if shared[id(best)] > 0 and best is not target:
-                target.fork(best, prompt)
-            return target
+            return target, best if shared[id(best)] > 0 and best is not target else None
 
     def _enforce_budget(self) -> None:
         """Drop idle sessions' caches, least recently used first, while all of them exceed the budget."""
@@ -667,10 +679,8 @@ class LocalEngine:
         """
         prompt = self._check(prompt_ids)
         with self._pool_lock:
-            session = self._route(prompt)
-            stream = session.generate(
-                prompt, stop=stop, sampling=sampling, max_tokens=max_tokens, deadline=deadline
-            )
+            session, seed = self._route(prompt)
+            stream = session._stream(prompt, stop, sampling, max_tokens, deadline, seed)
             session._claim = weakref.ref(stream)
         self._current.set(session)
         return stream
