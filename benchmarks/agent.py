@@ -1,6 +1,7 @@
 """The agent loop's own cost, and the prefill that KV-cache reuse saves.
 
     python benchmarks/agent.py [--steps 10] [--runs 5] [--out benchmarks/results/agent.json]
+    python benchmarks/agent.py --session [--session-checkpoint DIR]    # 3. only
 
 1. Loop overhead per step: everything but generation and tool execution (rendering the prompt,
    parsing the streamed tokens, events, routing and argument validation, appending messages),
@@ -12,6 +13,15 @@
 2. Prefill saved by reuse: the same kind of run on the real ``LocalEngine`` with a tiny random
    checkpoint (tokens forced from the script, so the cache holds exactly what the loop renders
    back), once with the engine's prefix reuse and once with the cache cleared before every step.
+3. A long session (``--session``): 3 user turns, 20 steps in all, on a 2-layer cut of the 20b
+   shape (full vocabulary, MXFP4 experts, bf16) with realistic lengths: ~1.5k tokens of reasoning
+   a turn, ~1k-token tool results, completions in gpt-oss's own forms (reasoning ``<|end|>`` then
+   ``<|channel|>commentary to=functions.lookup <|constrain|>json``). Per step: prompt tokens
+   (what a cold prefill runs), reused and prefilled tokens and prefill seconds; per new turn,
+   where reuse stopped against where the first dropped reasoning message begins; and one real
+   cold prefill of the last turn's first prompt for the seconds. The scripted tokens are run
+   through the model as one chunk after each prompt (the cache then holds what decoding them
+   would leave), so the run costs prefill time only.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -174,17 +185,268 @@ def prefill(enc: Any, steps: int, checkpoint: Path) -> dict[str, Any]:
     return out
 
 
+WORDS = (
+    "tide",
+    "harbor",
+    "energy",
+    "turbine",
+    "coast",
+    "water",
+    "level",
+    "station",
+    "record",
+    "measure",
+    "current",
+    "power",
+    "grid",
+    "report",
+    "chapter",
+    "result",
+    "value",
+    "table",
+    "north",
+    "south",
+    "east",
+    "west",
+    "morning",
+    "evening",
+    "season",
+    "average",
+    "change",
+    "model",
+    "river",
+    "bridge",
+    "survey",
+    "data",
+    "point",
+    "line",
+    "figure",
+    "source",
+    "study",
+    "basin",
+    "flow",
+)
+
+
+def _words(n: int, seed: int) -> str:
+    """About ``n`` o200k tokens of plain English words (one token each, with their space)."""
+    import random
+
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def session_script(turns: int, steps: int, reasoning: int) -> tuple[list[list[str]], list[str]]:
+    """Per turn its completions (tool calls then a final answer), and the turns' user messages."""
+    per_turn = [steps // turns + (1 if t < steps % turns else 0) for t in range(turns)]
+    out = []
+    for t, n in enumerate(per_turn):
+        think = reasoning // n
+        turn = []
+        for k in range(n - 1):
+            turn.append(
+                f"<|channel|>analysis<|message|>{_words(think, 1000 * t + k)}<|end|>"
+                "<|start|>assistant<|channel|>commentary to=functions.lookup <|constrain|>json<|message|>"
+                f'{{"key": "turn-{t}-item-{k}", "limit": 5}}<|call|>'
+            )
+        turn.append(
+            f"<|channel|>analysis<|message|>{_words(think, 1000 * t + 999)}<|end|>"
+            f"<|start|>assistant<|channel|>final<|message|>Turn {t}: all items checked.<|return|>"
+        )
+        out.append(turn)
+    return out, [f"Task {t}: look up every item of part {t} and summarise." for t in range(turns)]
+
+
+class _Teacher:
+    """A ``LocalEngine`` session made to emit a script: each prompt is prefilled as the engine
+    always does (reusing its cache), then the scripted tokens but the last run through the model
+    in one chunk, so the cache holds exactly what generating them would have left in it."""
+
+    def __init__(self, session: Any, responses: list[str], enc: Any) -> None:
+        from gptoss_agent.agent import ScriptedEngine
+        from gptoss_agent.model.engine import GenerationStats
+
+        self.session = session
+        self.script = ScriptedEngine(responses, enc=enc)
+        self.last_stats = GenerationStats()
+        self.context_length = session.context_length
+
+    def generate(
+        self, prompt_ids: Any, *, stop: Any = (), sampling: Any = None, max_tokens: Any = None
+    ) -> Any:
+        from gptoss_agent.model.engine import Sampling
+
+        tokens = list(self.script.generate(prompt_ids, stop=stop, max_tokens=max_tokens))
+        for _ in self.session.generate(prompt_ids, max_tokens=1, sampling=Sampling(temperature=0.0)):
+            pass
+        self.last_stats = self.session.last_stats
+        if len(tokens) > 1:
+            self.session.prefill(tokens[:-1])
+        self.last_stats.generated_tokens = len(tokens)
+        return iter(tokens)
+
+
+def session(enc: Any, checkpoint: Path, *, turns: int, steps: int, reasoning: int, tool_tokens: int) -> dict:
+    """The long-session measurement (see the module docstring, 3.)."""
+    from gptoss_agent.agent import Agent, StepDone, render_conversation
+    from gptoss_agent.model.local import LocalEngine
+    from gptoss_agent.tools import tool
+
+    @tool
+    def lookup(key: str, limit: int = 10) -> str:
+        """Look up a key.
+
+        Args:
+            key: What to look up.
+            limit: Most results.
+        """
+        return f"{key}: " + _words(tool_tokens, zlib.crc32(key.encode()))
+
+    t0 = time.perf_counter()
+    engine = LocalEngine.from_checkpoint(checkpoint, device="cpu", dtype="bf16")
+    load_seconds = time.perf_counter() - t0
+    live = engine.session() if hasattr(engine, "session") else engine
+    scripts, tasks = session_script(turns, steps, reasoning)
+    teacher = _Teacher(live, [c for turn in scripts for c in turn], enc)
+    agent = Agent(teacher, [lookup], enc=enc, date="2026-01-01", max_steps=steps + 1)
+    rows: list[dict[str, Any]] = []
+    turn_rows = []
+    for t, task in enumerate(tasks):
+        before = list(agent.messages)
+        first_step = len(rows)
+        for event in agent.stream(task):
+            if isinstance(event, StepDone):
+                stats = teacher.last_stats
+                rows.append(
+                    {
+                        "turn": t,
+                        "step": event.step,
+                        "prompt_tokens": event.usage.prompt_tokens,
+                        "reused_tokens": event.usage.reused_tokens,
+                        "prefilled_tokens": event.usage.prefilled_tokens,
+                        "prefill_seconds": round(getattr(stats, "prefill_seconds", 0.0), 3),
+                        "shortfall": getattr(stats, "reuse_shortfall", None),
+                    }
+                )
+        if t:
+            dropped = next(i for i, m in enumerate(before) if m.channel == "analysis")
+            turn_rows.append(
+                {
+                    "turn": t,
+                    "prompt_tokens": rows[first_step]["prompt_tokens"],
+                    "first_dropped_message_at": len(
+                        render_conversation(before[:dropped], enc, auto_drop_analysis=False)
+                    ),
+                    "reused_tokens": rows[first_step]["reused_tokens"],
+                    "prefilled_tokens": rows[first_step]["prefilled_tokens"],
+                    "prefill_seconds": rows[first_step]["prefill_seconds"],
+                }
+            )
+    cold_prompt = teacher.script.prompts[next(i for i, r in enumerate(rows) if r["turn"] == turns - 1)]
+    cold = engine.session() if hasattr(engine, "session") else engine
+    cold.reset()
+    t0 = time.perf_counter()
+    cold.prefill(cold_prompt)
+    cold_seconds = time.perf_counter() - t0
+    cache_bytes = live.cache_bytes() if hasattr(live, "cache_bytes") else None
+    return {
+        "checkpoint": str(checkpoint),
+        "load_seconds": round(load_seconds, 1),
+        "turns": turns,
+        "steps": len(rows),
+        "steps_per_turn": [len(s) for s in scripts],
+        "reasoning_tokens_per_turn": reasoning,
+        "tool_result_tokens": tool_tokens,
+        "per_step": rows,
+        "new_turns": turn_rows,
+        "totals": {
+            "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
+            "prefilled_tokens": sum(r["prefilled_tokens"] for r in rows),
+            "reused_tokens": sum(r["reused_tokens"] for r in rows),
+            "prefill_seconds": round(sum(r["prefill_seconds"] for r in rows), 1),
+        },
+        "cold_prefill_of_last_turn_first_prompt": {
+            "tokens": len(cold_prompt),
+            "seconds": round(cold_seconds, 1),
+            "with_reuse_seconds": turn_rows[-1]["prefill_seconds"] if turn_rows else None,
+        },
+        "cache_bytes_at_end": cache_bytes,
+    }
+
+
+def _print_session(s: dict) -> None:
+    print(
+        f"{s['turns']}-turn, {s['steps']}-step session on {s['checkpoint']} "
+        f"(reasoning ~{s['reasoning_tokens_per_turn']} tokens a turn, tool results ~{s['tool_result_tokens']})"
+    )
+    print(f"{'turn':>4} {'step':>4} {'prompt (cold)':>14} {'reused':>8} {'prefilled':>10} {'prefill s':>10}")
+    for r in s["per_step"]:
+        print(
+            f"{r['turn']:>4} {r['step']:>4} {r['prompt_tokens']:>14} {r['reused_tokens']:>8} "
+            f"{r['prefilled_tokens']:>10} {r['prefill_seconds']:>10.2f}"
+            + (f"  ({r['shortfall']})" if r["shortfall"] else "")
+        )
+    for r in s["new_turns"]:
+        print(
+            f"new turn {r['turn']}: reuse stopped at {r['reused_tokens']} of {r['prompt_tokens']}; "
+            f"the first dropped message begins at {r['first_dropped_message_at']}"
+        )
+    t, c = s["totals"], s["cold_prefill_of_last_turn_first_prompt"]
+    print(
+        f"whole session: {t['prefilled_tokens']} tokens prefilled of {t['prompt_tokens']} prompt tokens "
+        f"({t['prefill_seconds']} s)"
+    )
+    print(
+        f"last turn's first prompt: cold prefill {c['tokens']} tokens {c['seconds']} s, with reuse {c['with_reuse_seconds']} s"
+    )
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "agent.json")
     p.add_argument("--checkpoint", type=Path, help="a tiny checkpoint (default: generate one)")
+    p.add_argument("--session", action="store_true", help="run only the long-session measurement (3.)")
+    p.add_argument(
+        "--session-checkpoint",
+        type=Path,
+        help="a 2-layer cut of the 20b shape (default: generated once into $GPTOSS_BENCH_CACHE)",
+    )
+    p.add_argument("--session-turns", type=int, default=3)
+    p.add_argument("--session-steps", type=int, default=20)
+    p.add_argument("--session-reasoning", type=int, default=1500, help="reasoning tokens per turn")
+    p.add_argument("--session-tool-tokens", type=int, default=1000, help="tokens per tool result")
     args = p.parse_args()
     _ensure_tokenizer()
     from gptoss_agent.model import load_tokenizer
 
     enc = load_tokenizer()
+    if args.session:
+        checkpoint = args.session_checkpoint
+        if checkpoint is None:
+            from gptoss_agent.model.config import PRESETS
+            from gptoss_agent.model.random_checkpoint import write_random_checkpoint
+
+            cache = Path(os.environ.get("GPTOSS_BENCH_CACHE", "/work/.cache-bench")) / "gpt-oss-20b-2layers"
+            if not (cache / "config.json").exists():
+                write_random_checkpoint(cache, PRESETS["20b"].with_layers(2), format="hf")
+            checkpoint = cache
+        result = session(
+            enc,
+            checkpoint,
+            turns=args.session_turns,
+            steps=args.session_steps,
+            reasoning=args.session_reasoning,
+            tool_tokens=args.session_tool_tokens,
+        )
+        result["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
+        out = args.out.with_name(args.out.stem + "_session.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        _print_session(result)
+        print(f"wrote {out}")
+        return 0
     ours(enc, args.steps), peer(enc, args.steps)  # warm up caches and imports
     mine = [statistics.median(ours(enc, args.steps)) for _ in range(args.runs)]
     theirs = [statistics.median(peer(enc, args.steps)) for _ in range(args.runs)]
