@@ -576,8 +576,9 @@ class MCPServer:
                 raise
             except Exception as e:
                 await self._end_session()
+                verb = "reached" if isinstance(self._target, _HTTPTarget) else "started"
                 raise MCPConnectionError(
-                    f"The MCP server {self.label!r} could not be started: {_describe(e)}."
+                    f"The MCP server {self.label!r} could not be {verb}: {_describe(e)}."
                 ) from None
 
     async def _run_session(self, session: _Session) -> None:

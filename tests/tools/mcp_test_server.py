@@ -2,6 +2,7 @@
 
     python mcp_test_server.py              # stdio
     python mcp_test_server.py --http PORT  # streamable HTTP on 127.0.0.1:PORT/mcp
+    python mcp_test_server.py --sse PORT   # the older SSE transport on 127.0.0.1:PORT/sse
 
 Its tools cover what the client must handle: typed and nested arguments (pydantic writes titles,
 ``$defs`` and ``anyOf`` with null), a tool that raises, one that kills the server mid-call, one
@@ -108,7 +109,9 @@ async def grow(ctx: Context) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--http":
+    if len(sys.argv) == 3 and sys.argv[1] == "--sse":
+        server.run("sse", host="127.0.0.1", port=int(sys.argv[2]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--http":
         server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
     else:
         server.run()

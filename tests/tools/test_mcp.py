@@ -35,12 +35,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def http_url() -> Iterator[str]:
-    """The test server on streamable HTTP (127.0.0.1), as its own process."""
+def _serve(transport: str) -> Iterator[int]:
+    """The test server on ``--http`` or ``--sse`` (127.0.0.1), as its own process; yields the port."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, SERVER, "--http", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, SERVER, transport, str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -50,10 +49,16 @@ def http_url() -> Iterator[str]:
         assert proc.poll() is None, "the HTTP test server exited"
         time.sleep(0.1)
     try:
-        yield f"http://127.0.0.1:{port}/mcp"
+        yield port
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def http_url() -> Iterator[str]:
+    for port in _serve("--http"):
+        yield f"http://127.0.0.1:{port}/mcp"
 
 
 def call(recipient: str, body: str, *, constrain: bool = True, think: str | None = None) -> str:
@@ -307,9 +312,18 @@ def test_http_server_that_goes_away_is_reported_then_reconnected(http_url):
         assert server.call("add", '{"a": 2, "b": 2}').content == "4"
         assert server.restarts == 1
     bad = MCPServer.http("http://127.0.0.1:9/mcp", connect_timeout=5)
-    with pytest.raises(MCPConnectionError):
+    with pytest.raises(
+        MCPConnectionError, match=r"^The MCP server 'http://127\.0\.0\.1:9/mcp' could not be reached: "
+    ):
         bad.connect()
     bad.close()
+
+
+def test_sse_server():
+    for port in _serve("--sse"):
+        with MCPServer.http(f"http://127.0.0.1:{port}/sse") as server:
+            assert server.protocol == "legacy"  # SSE predates the 2026 protocol
+            assert server.call("add", '{"a": 20, "b": 22}').content == "42"
 
 
 # -- the mcpServers configuration -------------------------------------------------------------
