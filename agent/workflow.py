@@ -17,7 +17,9 @@ schemas go into the developer message's ``# Response Formats`` section when the 
 (so the prompt prefix, and the engine's cache, stay the same from step to step), and the step's
 task asks for that format by name. The answer is parsed and validated with ``jsonschema``; when
 it does not fit, the model is told what is wrong (as the next user message) and answers again,
-up to ``retries`` times.
+up to ``retries`` times. On a constrained engine (``LocalEngine``; ``Agent(constrain=...)``) the
+schema also goes to the decoder (``Agent.answer_schema``), so the first answer fits and no retry
+is needed.
 
 Resuming after a crash: build the agent with ``Agent.from_transcript(path, ...)`` and run the
 same workflow again. Steps whose task and valid answer are in the transcript are taken from it
@@ -217,11 +219,15 @@ class Workflow:
     ) -> str:
         """Run one turn (``prompt`` None: finish the turn in progress); return the outcome."""
         run = None
-        for event in self.agent.stream(prompt):
-            if on_event is not None:
-                on_event(step.name, event)
-            if isinstance(event, RunDone):
-                run = event.result
+        self.agent.answer_schema = step.schema  # a constrained engine writes only answers that fit
+        try:
+            for event in self.agent.stream(prompt):
+                if on_event is not None:
+                    on_event(step.name, event)
+                if isinstance(event, RunDone):
+                    run = event.result
+        finally:
+            self.agent.answer_schema = None
         assert run is not None
         result.runs.append(run)
         if run.stop_reason is not StopReason.ANSWER:
