@@ -319,15 +319,43 @@ def _load_engine(args: argparse.Namespace, quiet: bool) -> tuple[Any, Any]:
 # -- the tools -------------------------------------------------------------------------------
 
 
-def _python_tool(backend: str) -> Any:
+def _prepare_image(backend: str, quiet: bool) -> None:
+    """Before anything runs: when Docker will run the code and its image is missing, build it now
+    (a progress bar and the expected time on a terminal), never inside the first tool call. With
+    ``auto``, an image that cannot be built means bubblewrap, said in one line."""
+    import docker
+    from gptoss_agent.sandbox.__main__ import build_with_progress
+    from gptoss_agent.sandbox.bubblewrap import bubblewrap_available
+    from gptoss_agent.sandbox.image import DEFAULT_IMAGE, build_problem, image_exists
+
+    try:
+        client = docker.from_env()
+        if image_exists(client, DEFAULT_IMAGE):
+            return
+    except docker.errors.DockerException as e:
+        raise UserError(f"the Docker engine answers but cannot be used: {e}") from None
+    problem = build_problem(client)
+    if problem is not None:
+        if backend == "auto" and bubblewrap_available():
+            print(f"gptoss-agent: python runs under bubblewrap: Docker answers, but {problem}.", file=sys.stderr)
+            return
+        raise UserError(problem)
+    from rich.console import Console
+
+    build_with_progress(client, DEFAULT_IMAGE, console=None if quiet else Console(stderr=True))
+
+
+def _python_tool(backend: str, quiet: bool = False) -> Any:
     from gptoss_agent.tools import Python
 
-    if backend == "docker":
+    if backend in ("docker", "auto"):
         from gptoss_agent.sandbox.docker import docker_available
 
-        if not docker_available():
+        if docker_available():
+            _prepare_image(backend, quiet)
+        elif backend == "docker":
             raise UserError("--sandbox docker: no Docker engine answers (start dockerd or Docker Desktop)")
-    elif backend == "bubblewrap":
+    if backend == "bubblewrap":
         from gptoss_agent.sandbox.bubblewrap import bubblewrap_available
 
         if not bubblewrap_available():
@@ -353,8 +381,8 @@ def _custom_tool(spec: str) -> Any:
         raise UserError(f"module {module_name!r} has no {attr!r} (tool {spec!r})") from None
 
 
-def build_tools(names: str, sandbox: str, search: str | None) -> list[Any]:
-    """The tools named by ``--tools``."""
+def build_tools(names: str, sandbox: str, search: str | None, quiet: bool = False) -> list[Any]:
+    """The tools named by ``--tools`` (the sandbox image built first when it is missing)."""
     tools: list[Any] = []
     for name in (n.strip() for n in names.split(",")):
         if not name or name == "none":
@@ -367,7 +395,7 @@ def build_tools(names: str, sandbox: str, search: str | None) -> list[Any]:
             except ValueError as e:
                 raise UserError(str(e).rstrip(".")) from None
         elif name == "python":
-            tools.append(_python_tool(sandbox))
+            tools.append(_python_tool(sandbox, quiet))
         else:
             tools.append(_custom_tool(name))
     return tools
@@ -531,7 +559,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     _validate_args(args)
     quiet = args.json or args.jsonl
     _check_transcripts(args)  # the cheap checks first: no model load before a typo is caught
-    tools = build_tools(args.tools, args.sandbox, args.search)
+    tools = build_tools(args.tools, args.sandbox, args.search, quiet)
     tools += build_mcp_servers(args.mcp, args.mcp_config)
     engine, enc = _load_engine(args, quiet)
     out = _Output(args, tools)

@@ -4,11 +4,13 @@ cache, is what the bubblewrap backend runs when it exists."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,12 +18,16 @@ from typing import Any
 from .base import SandboxError
 
 __all__ = [
+    "BUILD_COMMAND",
     "DEFAULT_IMAGE",
     "PACKAGES",
     "build_image",
+    "build_problem",
     "build_rootfs",
     "cache_dir",
     "ensure_image",
+    "expected_build_seconds",
+    "image_exists",
     "rootfs_dir",
 ]
 
@@ -68,6 +74,15 @@ STRIP_GLOBS = ("usr/lib/x86_64-linux-gnu/**/*.a", "usr/lib/x86_64-linux-gnu/lib*
 
 Progress = Callable[[str], None]
 
+BUILD_COMMAND = "python -m gptoss_agent.sandbox build-image"
+"""The one command that builds the image ahead of time (as root for the registry-free build)."""
+REGISTRY_PROBE = "python:3.11-slim"
+"""The Dockerfile's base image: a registry that can serve it is what the Dockerfile build needs."""
+DEBOOTSTRAP_SECONDS = 180
+"""A registry-free build from nothing: debootstrap of ~260 Debian packages, then the import (2 cores)."""
+IMPORT_SECONDS = 30
+"""The import alone, when the root filesystem is already built."""
+
 
 def cache_dir() -> Path:
     """Where the debootstrap downloads and the root filesystem are kept between builds."""
@@ -85,6 +100,50 @@ def rootfs_dir(version: str = IMAGE_VERSION) -> Path | None:
     """The finished root filesystem, if one was built here."""
     path = cache_dir() / f"rootfs-{version}"
     return path if (path / ".complete").exists() else None
+
+
+def expected_build_seconds() -> int:
+    """About how long building the image takes here: the last build's time when one finished
+    on this machine, else an estimate for the method that will run."""
+    try:
+        return max(1, int(float((cache_dir() / "last-build-seconds").read_text())))
+    except (OSError, ValueError):
+        return IMPORT_SECONDS if rootfs_dir() is not None else DEBOOTSTRAP_SECONDS
+
+
+def image_exists(client: Any, image: str = DEFAULT_IMAGE) -> bool:
+    """Whether the Docker engine behind ``client`` has ``image``."""
+    return _image_exists(client, image)
+
+
+def _registry_answers(client: Any) -> bool:
+    try:
+        client.api.inspect_distribution(REGISTRY_PROBE)
+        return True
+    except Exception:  # no such host, refused, timed out, unauthorised: no usable registry
+        return False
+
+
+def _method(client: Any) -> tuple[str | None, str | None]:
+    """The build method that can run here, or None and one sentence saying why none can."""
+    if rootfs_dir() is not None or (shutil.which("debootstrap") and os.geteuid() == 0):
+        return "debootstrap", None
+    if _registry_answers(client):
+        return "dockerfile", None
+    if shutil.which("debootstrap") is None:
+        return None, (
+            "the sandbox image cannot be built: no image registry answers and debootstrap is not "
+            f"installed; run `apt-get install debootstrap`, then `{BUILD_COMMAND}` as root"
+        )
+    return None, (
+        "the sandbox image cannot be built: no image registry answers and the registry-free build "
+        f"(debootstrap) needs root; run `sudo {BUILD_COMMAND}`"
+    )
+
+
+def build_problem(client: Any) -> str | None:
+    """Why the image cannot be built with this engine and machine (one sentence), or None."""
+    return _method(client)[1]
 
 
 def _say(progress: Progress | None, message: str) -> None:
@@ -204,7 +263,13 @@ def _build_dockerfile(client: Any, image: str, progress: Progress | None) -> Non
         path=str(context), dockerfile="Dockerfile", tag=image, rm=True, decode=True
     ):
         if "error" in chunk:
-            raise SandboxError(f"docker build failed: {chunk['error']}")
+            error = str(chunk["error"]).strip().splitlines()[0]
+            if not _registry_answers(client):
+                raise SandboxError(
+                    f"docker build failed: no image registry answers ({error}); the registry-free build "
+                    f"needs debootstrap: run `apt-get install debootstrap`, then `{BUILD_COMMAND}` as root"
+                )
+            raise SandboxError(f"docker build failed: {error}")
         line = str(chunk.get("stream", "")).strip()
         if line:
             _say(progress, line)
@@ -219,16 +284,25 @@ def build_image(
     force: bool = False,
 ) -> str:
     """Build the sandbox image. ``method``: ``debootstrap`` (no registry needed), ``dockerfile``
-    (pulls python:3.11-slim), or ``auto`` (debootstrap when it can run here)."""
+    (pulls python:3.11-slim), or ``auto`` (debootstrap when it can run here or its root
+    filesystem is built, else the Dockerfile when a registry answers; ``SandboxError`` with one
+    sentence naming what to install when neither can)."""
+    started = time.monotonic()
     if method == "auto":
-        method = "debootstrap" if shutil.which("debootstrap") and os.geteuid() == 0 else "dockerfile"
+        chosen, problem = _method(client)
+        if chosen is None:
+            raise SandboxError(problem or "the sandbox image cannot be built here")
+        method = chosen
     if method == "debootstrap":
         _import_rootfs(client, build_rootfs(progress, force=force), image, progress)
     elif method == "dockerfile":
         _build_dockerfile(client, image, progress)
     else:
         raise ValueError(f"unknown build method {method!r} (debootstrap, dockerfile or auto)")
-    _say(progress, f"built {image}")
+    seconds = time.monotonic() - started
+    with contextlib.suppress(OSError):
+        (cache_dir() / "last-build-seconds").write_text(f"{seconds:.0f}\n")
+    _say(progress, f"built {image} in {seconds:.0f} s")
     return image
 
 
@@ -239,8 +313,7 @@ def ensure_image(
     if _image_exists(client, image):
         return
     if not build or not image.startswith(IMAGE_NAME + ":"):
-        raise SandboxError(
-            f"the sandbox image {image} is missing: build it with `python -m gptoss_agent.sandbox build-image`"
-        )
-    _say(progress, f"the sandbox image {image} is missing; building it (a few minutes, once)")
+        raise SandboxError(f"the sandbox image {image} is missing: build it with `{BUILD_COMMAND}`")
+    minutes = max(1, round(expected_build_seconds() / 60))
+    _say(progress, f"the sandbox image {image} is missing; building it (about {minutes} min, once)")
     build_image(client, image, progress=progress)

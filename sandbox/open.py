@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from .base import SandboxError
@@ -10,14 +11,35 @@ from .repl import ReplSession
 
 __all__ = ["BACKENDS", "open_sandbox"]
 
+log = logging.getLogger(__name__)
+
 BACKENDS = ("auto", "docker", "bubblewrap", "dangerous-local")
 
 HOW_TO = (
     "no sandbox is available: neither a Docker engine answers nor can bubblewrap run here. "
-    "Either start Docker (Debian: `apt-get install docker.io && dockerd &`, or Docker Desktop) — the image "
-    "builds on first use, or ahead with `python -m gptoss_agent.sandbox build-image` — or install "
+    "Either start Docker (Debian: `apt-get install docker.io && dockerd &`, or Docker Desktop) and build "
+    "the image with `python -m gptoss_agent.sandbox build-image` (gptoss-agent offers to), or install "
     "bubblewrap (`apt-get install bubblewrap`) on a kernel that allows user namespaces."
 )
+
+
+def _docker_image_problem(options: dict[str, Any]) -> str | None:
+    """Why ``auto`` cannot use Docker although an engine answers (the image is missing and will
+    not or cannot be built), or None."""
+    import docker
+
+    from .image import BUILD_COMMAND, DEFAULT_IMAGE, build_problem, image_exists
+
+    image = options.get("image", DEFAULT_IMAGE)
+    try:
+        client = docker.from_env()
+        if image_exists(client, image):
+            return None
+        if not options.get("build", True):
+            return f"the sandbox image {image} is missing (build it with `{BUILD_COMMAND}`)"
+        return build_problem(client)
+    except docker.errors.DockerException:
+        return None  # let the Docker backend report it
 
 
 def open_sandbox(
@@ -45,10 +67,16 @@ def open_sandbox(
 
         if docker_available():
             backend = "docker"
+            why_not = _docker_image_problem(options)
+            if why_not is not None and bubblewrap_available():
+                log.warning("python runs under bubblewrap: Docker answers, but %s", why_not)
+                backend = "bubblewrap"
         elif bubblewrap_available():
             backend = "bubblewrap"
         else:
             raise SandboxError(HOW_TO)
+        if backend != "docker":  # Docker's own options mean nothing to bubblewrap
+            options = {k: v for k, v in options.items() if k not in ("image", "build", "progress")}
     if backend == "docker":
         from .docker import DockerSession
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from gptoss_agent.sandbox.base import Session
@@ -74,6 +75,9 @@ class Python:
     Args:
         sandbox: The session to run code in. None opens ``open_sandbox("auto")`` on first use,
             and ``close()`` closes it; a session passed in is shared on purpose and left open.
+            A first use never builds the Docker image inside a tool call (it would run against the
+            call's timeout): ``prepare()`` before the run builds it, otherwise ``auto`` runs under
+            bubblewrap, or says which command builds the image.
         timeout: Seconds one execution may take (the sandbox stops it and says so); this number
             is also the one in the description the model reads.
     """
@@ -95,13 +99,21 @@ class Python:
 
     @property
     def session(self) -> Session:
-        """The sandbox session, opened on first use when none was given."""
+        """The sandbox session, opened on first use when none was given (never building an image)."""
         if self._session is None:
             from gptoss_agent.sandbox import open_sandbox
 
-            self._session = open_sandbox("auto", timeout=self.timeout)
+            self._session = open_sandbox("auto", timeout=self.timeout, build=False)
         assert self._session is not None
         return self._session
+
+    def prepare(self, progress: Callable[[str], None] | None = None) -> None:
+        """Open the session now, before the run: a missing Docker image is built here (``progress``
+        gets each step), outside any tool call's timeout. A no-op once the session is open."""
+        if self._session is None:
+            from gptoss_agent.sandbox import open_sandbox
+
+            self._session = open_sandbox("auto", timeout=self.timeout, progress=progress)
 
     def call(self, function: str, body: str) -> ToolOutput:
         """Run the code in the body; the execution's ``output`` is the tool message."""

@@ -185,7 +185,7 @@ def test_session_opens_lazily_and_closes_when_owned(monkeypatch: pytest.MonkeyPa
     py = Python(timeout=9)
     assert opened == []  # nothing starts before the first call
     assert py.call("python", "1 + 2").content == "3"
-    assert opened == [("auto", {"timeout": 9.0})]
+    assert opened == [("auto", {"timeout": 9.0, "build": False})]  # never a build inside a call
     py.close()
     assert sessions[0].closed
     py.close()  # idempotent
