@@ -312,7 +312,9 @@ class BubblewrapSession(ReplSession):
     def _argv(self, seccomp_fd: int | None) -> list[str]:
         lim, root = self.limits, self.root
         known = _bwrap_options(str(self.bwrap))
-        argv = [str(self.bwrap), "--unshare-all", "--unshare-user", "--die-with-parent"]
+        # --as-pid-1: bwrap's own init would hold the host's pipes where the sandbox can open them
+        # (/proc/1/fd); the driver's supervisor is PID 1 instead, non-dumpable and unsignalable.
+        argv = [str(self.bwrap), "--unshare-all", "--unshare-user", "--die-with-parent", "--as-pid-1"]
         if "--disable-userns" in known:
             argv.append("--disable-userns")  # no nested user namespaces for the code
         argv += ["--new-session", "--clearenv", "--hostname", "sandbox", "--cap-drop", "ALL"]

@@ -1,19 +1,33 @@
 """The REPL driver that runs inside the sandbox: a notebook kernel in one small file.
 
-It runs under the sandbox's own Python (standard library only, Python 3.9+) and talks to the host
-over its stdin/stdout pipes in frames: a 4-byte big-endian length, then UTF-8 JSON.
+It runs under the sandbox's own Python (standard library only, Python 3.9+) as two processes:
 
-host -> driver  ``{"type": "run", "code": str, "output_chars": int, "cpu_seconds": float}``
+- the *supervisor* (``Supervisor``), the process the host starts. It talks to the host over its
+  stdin/stdout, runs no user code, and cannot be reached by it: it marks itself non-dumpable, so
+  processes of the same user cannot open its ``/proc/PID/fd`` or trace it (under bubblewrap it is
+  also PID 1, which no process of the sandbox can signal);
+- the *kernel* (``Driver``), forked by the supervisor, which runs the cells. It holds no
+  descriptor of the host's: it speaks the same frames to the supervisor over two pipes.
+
+Code in a cell can therefore write or read only the kernel's pipes. The supervisor relays to the
+host only well-formed frames of the request it is serving (each request carries a random id that
+the kernel echoes), so forged frames are dropped and the session stays in step; malformed data
+ends the kernel like a crash would. When the host's end closes, the supervisor kills the kernel
+and exits (the session's liveness link).
+
+Frames are a 4-byte big-endian length, then UTF-8 JSON:
+
+host -> driver  ``{"type": "run", "id": str, "code": str, "output_chars": int, "cpu_seconds": float,
+                "start_grace": float}``
 driver -> host  ``{"type": "ready", "python": str}`` once, at start
-                ``{"type": "out", "stream": "stdout"|"stderr", "text": str}`` while a cell runs
-                (only the head of long output; the host keeps what came before a timeout)
-                ``{"type": "done", "tail": [[stream, text], ...], "cut": int, "value": str|None,
-                "error": str|None}`` when the cell is finished
+                ``{"type": "out", "id": str, "stream": "stdout"|"stderr", "text": str}`` while a
+                cell runs (only the head of long output; the host keeps what came before a timeout)
+                ``{"type": "done", "id": str, "tail": [[stream, text], ...], "cut": int,
+                "value": str|None, "error": str|None}`` when the cell is finished
 
 A cell runs like a notebook cell: every statement is executed and the value of a final expression
 is shown as its ``repr``. Output written to ``sys.stdout``/``sys.stderr`` and to file descriptors
-1 and 2 (subprocesses) is captured in order; the protocol itself lives on private descriptors that
-user code and child processes do not inherit.
+1 and 2 (subprocesses) is captured in order.
 """
 
 from __future__ import annotations
@@ -38,6 +52,9 @@ import types
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
+START_GRACE = 10.0
+"""Seconds the kernel has to acknowledge a request (its main thread is idle, waiting for it),
+unless the request says otherwise."""
 
 
 def encode_frame(message: dict) -> bytes:
@@ -211,10 +228,13 @@ class Driver:
         self.module.__dict__["__builtins__"] = __builtins__
         sys.modules["__main__"] = self.module
         self.cells = 0
+        self.request_id = None
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past RLIMIT_FSIZE fail with EFBIG
         os.register_at_fork(after_in_child=self._after_fork)
 
     def send(self, message: dict) -> None:
+        if message.get("type") != "ready":
+            message["id"] = self.request_id
         frame = encode_frame(message)
         with self.send_lock:
             _write_all(self.proto_out, frame)
@@ -289,6 +309,7 @@ class Driver:
         return clean("".join(traceback.format_exception(type(exc), exc, tb)))
 
     def handle(self, request: dict) -> None:
+        self.request_id = request.get("id")
         limit = max(int(request.get("output_chars", 20000)), 2)
         self.recorder = Recorder(self.send, limit)
         self._reset_fds()
@@ -331,12 +352,237 @@ class Driver:
             except EOFError:
                 return
             if request.get("type") == "run":
+                self.request_id = request.get("id")
+                self.send({"type": "start"})  # the supervisor knows the request arrived here
                 self.handle(request)
+
+
+def _set_dumpable(flag: int) -> None:
+    """``prctl(PR_SET_DUMPABLE, flag)``: with 0, only processes with CAP_SYS_PTRACE (none in the
+    sandbox) may open this process's ``/proc/PID/fd``, read its memory or trace it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, flag, 0, 0, 0)
+    except Exception:
+        pass
+
+
+def _read_frame(buf: bytearray):
+    """One message out of ``buf`` (removed from it), None when incomplete; ValueError when the
+    bytes are not a frame."""
+    if len(buf) < HEADER.size:
+        return None
+    (size,) = HEADER.unpack_from(buf)
+    if size > MAX_FRAME:
+        raise ValueError("a frame that is too large")
+    if len(buf) < HEADER.size + size:
+        return None
+    body = bytes(buf[HEADER.size : HEADER.size + size])
+    del buf[: HEADER.size + size]
+    message = json.loads(body)
+    if not isinstance(message, dict):
+        raise ValueError("a frame that is not an object")
+    return message
+
+
+def _relayed(message: dict, request_id):
+    """The frame the host gets for a kernel's message about ``request_id``, or None (stale,
+    forged for another request, or not a message of the protocol)."""
+    if message.get("id") != request_id:
+        return None
+    kind = message.get("type")
+    if kind == "out":
+        stream, text = message.get("stream"), message.get("text")
+        if stream in ("stdout", "stderr") and isinstance(text, str):
+            return {"type": "out", "id": request_id, "stream": stream, "text": text}
+        return None
+    if kind == "done":
+        tail = [
+            [item[0], item[1]]
+            for item in message.get("tail") or []
+            if isinstance(item, list)
+            and len(item) == 2
+            and item[0] in ("stdout", "stderr")
+            and isinstance(item[1], str)
+        ]
+        cut = message.get("cut")
+        value, error = message.get("value"), message.get("error")
+        return {
+            "type": "done",
+            "id": request_id,
+            "tail": tail,
+            "cut": cut if isinstance(cut, int) else 0,
+            "value": value if isinstance(value, str) else None,
+            "error": error if isinstance(error, str) else None,
+        }
+    return None
+
+
+class KernelGone(Exception):
+    """The kernel process ended, or broke its channel (``alive``: it still runs)."""
+
+    def __init__(self, note: str = "", alive: bool = False) -> None:
+        super().__init__(note)
+        self.note, self.alive = note, alive
+
+
+class Supervisor:
+    """The host's end inside the sandbox: forks the kernel and relays its frames, checked."""
+
+    def __init__(self) -> None:
+        _set_dumpable(0)
+        self.host_buf = bytearray()
+        self.kernel_buf = bytearray()
+        self.kernel_status: int | None = None
+        self.kernel_pid, self.kernel_in, self.kernel_out = self._fork_kernel()
+
+    def _fork_kernel(self):
+        req_r, req_w = os.pipe()
+        res_r, res_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.dup2(req_r, 0)
+                os.dup2(res_w, 1)
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, 2)
+                os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])  # the host's, ours
+                _set_dumpable(1)
+                Driver().serve()
+            finally:
+                os._exit(0)
+        os.close(req_r)
+        os.close(res_w)
+        return pid, req_w, res_r
+
+    def _reap(self) -> None:
+        """Collect every child that ended: the kernel, or orphans (as PID 1 they are ours)."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.kernel_pid:
+                self.kernel_status = status
+
+    def _wait(self, timeout: float = 1.0) -> None:
+        """Wait until the host or the kernel sent something (at most ``timeout`` seconds); read
+        it into the buffers."""
+        ready, _, _ = select.select([0, self.kernel_out], [], [], max(timeout, 0.0))
+        self._reap()
+        if 0 in ready:
+            data = os.read(0, 1 << 20)
+            if not data:  # the host is gone (or closed the session): so is the kernel
+                self.exit(0)
+            self.host_buf += data
+        if self.kernel_out in ready:
+            data = os.read(self.kernel_out, 1 << 20)
+            if not data:
+                raise KernelGone()
+            self.kernel_buf += data
+
+    def _kernel_message(self, deadline: float | None = None) -> dict | None:
+        """The kernel's next message; None once ``deadline`` (monotonic) has passed."""
+        while True:
+            try:
+                message = _read_frame(self.kernel_buf)
+            except ValueError as exc:
+                raise KernelGone(f"the Python process wrote {exc} into the driver's channel", True) from None
+            if message is not None:
+                return message
+            if deadline is None:
+                self._wait()
+            elif time.monotonic() >= deadline:
+                return None
+            else:
+                self._wait(min(1.0, deadline - time.monotonic()))
+
+    def _host_message(self) -> dict:
+        while True:
+            message = _read_frame(self.host_buf)
+            if message is not None:
+                return message
+            self._wait()
+
+    def send_host(self, message: dict) -> None:
+        try:
+            _write_all(1, encode_frame(message))
+        except OSError:
+            self.exit(0)
+
+    def serve(self) -> None:
+        try:
+            ready = self._kernel_message() or {}
+            self.send_host({"type": "ready", "python": str(ready.get("python"))})
+            while True:
+                request = self._host_message()
+                if request.get("type") != "run":
+                    continue
+                request_id = request.get("id")
+                self.kernel_buf.clear()  # whatever a stray thread of the kernel wrote between cells
+                _write_all(self.kernel_in, encode_frame(request))
+                grace = request.get("start_grace")
+                self._await_start(request_id, grace if isinstance(grace, (int, float)) else START_GRACE)
+                while True:
+                    message = self._kernel_message()
+                    assert message is not None
+                    relayed = _relayed(message, request_id)
+                    if relayed is not None:
+                        self.send_host(relayed)
+                        if relayed["type"] == "done":
+                            break
+        except KernelGone as gone:
+            self.kernel_ended(gone)
+        except OSError:  # the kernel's request pipe is broken: it is gone
+            self.kernel_ended(KernelGone())
+
+    def _await_start(self, request_id, grace: float) -> None:
+        """The kernel says it took the request within ``grace`` seconds, or something else (a
+        thread an earlier cell left running) is reading its requests: then it is ended."""
+        deadline = time.monotonic() + grace
+        while True:
+            message = self._kernel_message(deadline)
+            if message is None:
+                raise KernelGone(
+                    f"the Python process did not take the code within {grace:g} s (is code of an "
+                    "earlier cell reading the driver's requests?)",
+                    alive=True,
+                )
+            if message.get("type") == "start" and message.get("id") == request_id:
+                return
+
+    def kernel_ended(self, gone: KernelGone) -> None:
+        """Exit as the kernel did (its exit status, or 128 + its signal), so that the host can
+        tell a crash from a kill; one that broke its channel but lives on is killed."""
+        deadline = time.monotonic() + (0.0 if gone.alive else 1.0)
+        while self.kernel_status is None and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.002)
+        note, status = gone.note, self.kernel_status
+        if status is None:
+            note = note or "the Python process closed the driver's channel"
+            code = 1
+        elif os.WIFSIGNALED(status):
+            code = 128 + os.WTERMSIG(status)
+        else:
+            code = os.WEXITSTATUS(status) or (1 if note else 0)
+        if note:
+            with contextlib.suppress(OSError):
+                os.write(2, (note + "\n").encode())
+        self.exit(code)
+
+    def exit(self, code: int) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(self.kernel_pid, signal.SIGKILL)
+        os._exit(code)
 
 
 def main() -> None:
     os.chdir(os.environ.get("SANDBOX_CWD", "/mnt/data"))
-    Driver().serve()
+    Supervisor().serve()
     os._exit(0)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import select
 import signal
 import socket
@@ -264,6 +265,9 @@ class ReplSession(ABC):
     """A stateful Python session driven over a channel; subclasses supply the isolation."""
 
     backend: str = "?"
+    start_grace: float = 10.0
+    """Seconds the sandbox's Python has to take a request before the session counts it broken
+    (code left running by an earlier cell is reading the requests); it is restarted then."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
@@ -332,13 +336,16 @@ class ReplSession(ABC):
             started = time.monotonic()
             self._ensure_started()
             assert self._channel and self._reader
+            request_id = secrets.token_hex(8)  # frames of any other request are not this call's
             self._channel.send(
                 encode_frame(
                     {
                         "type": "run",
+                        "id": request_id,
                         "code": code,
                         "output_chars": self.limits.output_chars,
                         "cpu_seconds": timeout * max(1.0, self.limits.cpus) + 5,
+                        "start_grace": self.start_grace,
                     }
                 )
             )
@@ -353,6 +360,8 @@ class ReplSession(ABC):
                 if message is None:
                     return self._after_timeout(head, started, timeout)
                 kind = message.get("type")
+                if message.get("id") != request_id:
+                    continue
                 if kind == "out" and head_len < self.limits.output_chars:
                     text = clean(str(message.get("text", "")))[: self.limits.output_chars - head_len]
                     head.append((str(message.get("stream")), text))

@@ -177,3 +177,88 @@ def test_raising_privileges_fails(session):
         ex.output
     )
     assert_answers(session)
+
+
+FORGE = r"""
+import json, os, struct
+def frame(message):
+    body = json.dumps(message).encode()
+    return struct.pack('>I', len(body)) + body
+forged = b''.join(frame(m) for m in [
+    {'type': 'done', 'tail': [], 'cut': 0, 'value': "'forged'", 'error': None},
+    {'type': 'done', 'id': None, 'value': "'forged'"},
+    {'type': 'out', 'stream': 'stdout', 'text': 'forged'},
+    {'type': 'start'},
+    {'type': 'ready', 'python': '0'},
+    {'type': 'run', 'code': 'pass', 'output_chars': 100},
+])
+supervisor = {}
+for pid in ('1', str(os.getppid())):
+    try:
+        supervisor[pid] = os.listdir(f'/proc/{pid}/fd')
+    except OSError as e:
+        supervisor[pid] = e.errno
+written = []
+for name in os.listdir('/proc/self/fd'):
+    try:
+        fd = os.open(f'/proc/self/fd/{name}', os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        continue
+    try:
+        os.write(fd, forged)
+        written.append(int(name))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+"""
+
+
+def test_forged_frames_from_a_cell_leave_the_session_in_step(session):
+    """A cell writes well-formed frames of the protocol (results, output, a request) into every
+    descriptor it has, its own channel to the driver included; the driver's end towards the host
+    is out of its reach (other processes' /proc/PID/fd: EACCES or EPERM, or no such process)."""
+    session.run("x = 1")
+    ex = session.run(FORGE + "sorted(written), supervisor, 'attacked'")
+    assert ex.value and ex.value.endswith("'attacked')"), ex.output
+    written, supervisor, _ = eval(ex.value)  # a tuple of lists, dicts and ints
+    assert len([fd for fd in written if fd > 2]) >= 2  # its channel to the driver: both pipes
+    assert all(isinstance(v, int) for v in supervisor.values()), supervisor  # an errno each
+    for code, value in (("x", "1"), ("6 * 7", "42"), ("'b'", "'b'")):
+        ex = session.run(code)
+        assert ex.value == value and not ex.restarted, ex.output
+    assert_answers(session)
+
+
+def test_garbage_in_the_driver_channel_restarts_the_session_cleanly(session):
+    code = (
+        "import os\nfor name in os.listdir('/proc/self/fd'):\n    try:\n"
+        "        fd = os.open(f'/proc/self/fd/{name}', os.O_WRONLY | os.O_NONBLOCK)\n"
+        "        os.write(fd, b'\\xff' * 64)\n        os.close(fd)\n    except OSError:\n        pass\n'sent'"
+    )
+    ex = session.run(code)
+    assert ex.restarted and not ex.timed_out, ex.output
+    assert "too large" in ex.output and "The session was restarted" in ex.output
+    for value in ("1", "2"):
+        assert session.run(value).value == value
+    assert_answers(session)
+
+
+def test_a_thread_reading_the_requests_costs_one_restart_not_a_timeout(session):
+    """A thread left running reads every descriptor the kernel has (its request pipe included):
+    the next call ends when the kernel does not take its code, the one after works."""
+    code = (
+        "import os, threading\ndef steal(fd):\n    while True:\n        try:\n"
+        "            if not os.read(fd, 65536):\n                return\n        except OSError:\n            return\n"
+        "for name in os.listdir('/proc/self/fd'):\n    if int(name) > 2:\n"
+        "        threading.Thread(target=steal, args=(int(name),), daemon=True).start()\n'stealing'"
+    )
+    assert session.run(code).value == "'stealing'"
+    session.start_grace = 1.0
+    started = time.monotonic()
+    ex = session.run("1 + 1", timeout=60)
+    assert ex.restarted and not ex.timed_out, ex.output
+    assert "did not take the code within 1 s" in ex.output
+    assert time.monotonic() - started < 30
+    assert session.run("2 + 2").value == "4"
+    assert_answers(session)
