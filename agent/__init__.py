@@ -1,5 +1,7 @@
 """The agent: the harmony codec, the loop, events, transcripts, workflows and the CLI."""
 
+import warnings
+
 from gptoss_agent.agent.events import (
     RESULT_JSON_SCHEMA,
     AgentEvent,
@@ -57,6 +59,12 @@ from gptoss_agent.agent.messages import (
 from gptoss_agent.agent.scripted import ForcedEngine, ScriptedEngine, ScriptExhausted
 from gptoss_agent.agent.transcript import Transcript, TranscriptError, TranscriptLocked, load_transcript
 from gptoss_agent.agent.workflow import Step, StepResult, Workflow, WorkflowError, WorkflowResult
+
+# `python -m gptoss_agent.agent.harmony` runs a module this package has already imported; runpy's
+# warning about that says nothing to a user (the module holds no state an import could duplicate).
+warnings.filterwarnings(
+    "ignore", message="'gptoss_agent.agent.harmony' found in sys.modules", category=RuntimeWarning
+)
 
 __all__ = [
     "RESULT_JSON_SCHEMA",

@@ -319,3 +319,17 @@ def test_renderer_golden(name, show_reasoning, ok):
         golden.parent.mkdir(exist_ok=True)
         golden.write_text(text)
     assert text == golden.read_text()
+
+
+def test_harmony_module_command_prints_no_runtime_warning(tmp_path):
+    """`python -m gptoss_agent.agent.harmony` used to print runpy's sys.modules RuntimeWarning."""
+    convo = tmp_path / "c.json"
+    convo.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}))
+    proc = subprocess.run(
+        [sys.executable, "-W", "default", "-m", "gptoss_agent.agent.harmony", "render", str(convo)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Warning" not in proc.stderr and json.loads(proc.stdout)[0] == 200006
