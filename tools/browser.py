@@ -527,10 +527,9 @@ async def _document_page(document: Document, *, view_source: bool, config: Fetch
             converted = await html_to_text_bounded(
                 document.text, document.url, timeout=config.parse_timeout, max_depth=config.max_depth
             )
-        except PageTooComplex:
+        except PageTooComplex as e:
             raise _ModelError(
-                f"`{document.url}` is too complex to show: turning it into text took longer than "
-                f"{config.parse_timeout:g} s. Its source is readable with `view_source`."
+                f"`{document.url}` is too complex to show: {e}. Its source is readable with `view_source`."
             ) from None
         title, text, links = converted.title, converted.text, tuple(converted.links)
     else:

@@ -303,22 +303,27 @@ def limit_depth(html: str, max_depth: int = MAX_DEPTH) -> str:
 
 
 class PageTooComplex(Exception):
-    """The page took longer than its time limit to turn into text (the worker was stopped)."""
+    """The page could not be turned into text within its limits (the worker was stopped)."""
 
 
 class _Worker:
-    """A process that turns pages into text: requests and answers are length-prefixed JSON."""
+    """A process that turns pages into text: requests and answers are length-prefixed JSON.
+
+    ``-P`` keeps this file's folder (and the current one) off the worker's ``sys.path``, so no
+    module of ours or the user's shadows the standard library there.
+    """
 
     def __init__(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-I", os.path.abspath(__file__), "--worker"],
+            [sys.executable, "-P", os.path.abspath(__file__), "--worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
 
     def convert(self, html: str, url: str, max_depth: int, timeout: float) -> PageText:
-        assert self.process.stdin is not None and self.process.stdout is not None
+        """The page's text, or ``PageTooComplex`` when ``timeout`` passes or the worker dies."""
+        assert self.process.stdin is not None
         request = json.dumps({"html": html, "url": url, "max_depth": max_depth, "cpu": timeout}).encode()
         deadline = time.monotonic() + timeout
         try:
@@ -326,10 +331,19 @@ class _Worker:
             self.process.stdin.flush()
             size = int.from_bytes(self._read(8, deadline), "big")
             answer = json.loads(self._read(size, deadline))
-        except (OSError, ValueError):
-            self.kill()
-            raise PageTooComplex(f"the page converter stopped (exit status {self.process.poll()})") from None
-        if "error" in answer:  # a bug in the conversion: say it, keep the worker
+        except TimeoutError:
+            self.close()
+            raise PageTooComplex(f"turning it into text took longer than {timeout:g} s") from None
+        except (OSError, EOFError, ValueError):  # a broken pipe or EOF: the worker died or was stopped
+            self.close()
+            status = self.process.returncode
+            if status is not None and status > 0:  # it could not even start: not the page's fault
+                raise RuntimeError(
+                    f"the HTML worker ({sys.executable} -P {os.path.abspath(__file__)} --worker) "
+                    f"exited with status {status}"
+                ) from None
+            raise PageTooComplex(f"the HTML worker was stopped (status {status})") from None
+        if "error" in answer:  # a bug in the conversion: it propagates, the worker stays
             raise RuntimeError(f"converting the page to text failed: {answer['error']}")
         return PageText(**answer)
 
@@ -340,19 +354,23 @@ class _Worker:
         while size > 0:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
-                self.kill()
-                raise PageTooComplex("timed out")
+                raise TimeoutError
             chunk = os.read(fd, min(size, 1 << 20))
             if not chunk:
-                raise OSError("the page converter exited")
+                raise EOFError
             chunks.append(chunk)
             size -= len(chunk)
         return b"".join(chunks)
 
-    def kill(self) -> None:
+    def stop(self) -> None:
+        """Kill the worker (safe from any thread: a thread reading its answer sees EOF)."""
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
+
+    def close(self) -> None:
+        """Stop the worker and close its pipes (only where nobody is reading them)."""
+        self.stop()
         for pipe in (self.process.stdin, self.process.stdout):
             if pipe is not None:
                 pipe.close()
@@ -386,7 +404,7 @@ def _checkin(worker: _Worker) -> None:
         if worker.alive and len(_IDLE) < _MAX_IDLE:
             _IDLE.append(worker)
             return
-    worker.kill()
+    worker.close()
 
 
 def close_workers() -> None:
@@ -394,7 +412,7 @@ def close_workers() -> None:
     with _IDLE_LOCK:
         workers, _IDLE[:] = list(_IDLE), []
     for worker in workers:
-        worker.kill()
+        worker.close()
 
 
 def worker_pids() -> list[int]:
@@ -417,7 +435,7 @@ async def html_to_text_bounded(
     try:
         page = await call_in_thread(worker.convert, clean(html), url, max_depth, timeout)
     except BaseException:
-        worker.kill()  # a cancelled call: the thread waiting on it returns at once
+        worker.stop()  # a cancelled call: the thread waiting on it returns at once
         raise
     _checkin(worker)
     return page
