@@ -112,6 +112,17 @@ def test_lone_surrogates_from_a_page_a_tool_and_the_user_do_not_stop_the_run(enc
     assert again.run("and again?").answer == "Still fine."
     again.close()
     assert len(load_transcript(path)) == len(messages) + 2
+    # a crash right after the call to the page: resuming runs the call again, and goes on
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    cut = next(i for i, m in enumerate(messages) if m.recipient == "browser.open")
+    crashed = tmp_path / "crashed.jsonl"
+    crashed.write_text("".join(lines[: cut + 1]), encoding="utf-8")
+    engine = ScriptedEngine([final("Recovered.")], enc=enc)
+    resumed = Agent.from_transcript(crashed, engine, tools, enc=enc, date=DATE)
+    result = resumed.resume()
+    resumed.close()
+    assert result.answer == "Recovered." and "\ufffd lone" in result.tool_calls[0].output
+    crashed.read_bytes().decode("utf-8")
 
 
 def test_a_transcript_with_escaped_surrogates_and_bad_bytes_still_loads(tmp_path):
