@@ -182,7 +182,7 @@ class _Cgroup:
         self.dirs.append(path)
         for key, value in wanted.items():
             with contextlib.suppress(OSError):
-                (path / key).write_text(value)
+                _write(path / key, value)
                 self.controls.append(key)
         return next(iter(wanted)) in self.controls
 
@@ -223,6 +223,12 @@ class _Cgroup:
         self.dirs = []
 
 
+def _write(path: Path, text: str) -> None:
+    """One write to a cgroup file (the kernel answers each with success or an errno)."""
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def _enable_controllers(path: Path) -> None:
     """Hand memory, pids and cpu down from a v2 cgroup to its children, one at a time (one that
     is unavailable or refused leaves the others)."""
@@ -234,7 +240,7 @@ def _enable_controllers(path: Path) -> None:
     for controller in CONTROLLERS:
         if controller in available and controller not in enabled:
             with contextlib.suppress(OSError):
-                (path / "cgroup.subtree_control").write_text(f"+{controller}")
+                _write(path / "cgroup.subtree_control", f"+{controller}")
 
 
 class _Launcher:

@@ -208,3 +208,101 @@ def test_as_a_user_the_missing_limits_are_said_and_strict_refuses():
         assert "cpus=1 is not enforced" in report["unenforced"]
     assert report["fill"].startswith("(28,") and int(report["fill"].split(",")[1].strip(" )")) <= 48
     assert "MemoryError" in report["big"], report
+
+
+def fake_cgroup2(root: Path, busy: set[str]):
+    """A cgroup v2 tree as the kernel shows it to a process in /user.slice/app.scope (the root
+    hands down memory and pids, not cpu), and a ``_write`` that acts like the kernel's on its
+    files: ``+controller`` in cgroup.subtree_control makes it available to the children (EBUSY
+    for a cgroup in ``busy``: one with processes of its own); a limit file exists only where the
+    parent enabled its controller."""
+    tree = ("", "user.slice", "user.slice/app.scope", "user.slice/gptoss-sandbox")
+    for rel in tree:
+        (root / rel).mkdir(exist_ok=True)
+        (root / rel / "cgroup.controllers").write_text("cpuset cpu io memory pids" if not rel else "")
+        (root / rel / "cgroup.subtree_control").write_text("")
+    writes: list[tuple[str, str]] = []
+
+    def write(path: Path, text: str) -> None:
+        rel = str(path.parent.relative_to(root)).strip(".")
+        if path.name == "cgroup.subtree_control":
+            controller = text.lstrip("+")
+            available = (path.parent / "cgroup.controllers").read_text().split()
+            if rel in busy or controller not in available:
+                raise OSError(16 if rel in busy else 2, "refused")
+            path.write_text(" ".join([*path.read_text().split(), controller]))
+            for child in path.parent.iterdir():
+                if child.is_dir():
+                    have = (child / "cgroup.controllers").read_text().split()
+                    (child / "cgroup.controllers").write_text(" ".join([*have, controller]))
+        elif path.name.startswith(("memory.", "pids.", "cpu.")):
+            enabled = (path.parent.parent / "cgroup.subtree_control").read_text().split()
+            if path.name.split(".")[0] not in enabled:
+                raise OSError(13, "Permission denied")
+            path.write_text(text)
+        writes.append((f"{rel}/{path.name}".lstrip("/"), text))
+
+    write(root / "cgroup.subtree_control", "+memory")
+    write(root / "cgroup.subtree_control", "+pids")
+    writes.clear()
+    return writes, write
+
+
+def test_cgroup_v2_enables_the_controllers_down_to_the_session(tmp_path, monkeypatch):
+    """The seam that cannot run on this host (its controllers sit in cgroup v1 hierarchies):
+    writes into a cgroup v2 tree, in the kernel's file format."""
+    import gptoss_agent.sandbox.bubblewrap as bw
+
+    writes, write = fake_cgroup2(tmp_path, busy=set())
+    monkeypatch.setattr(bw, "_write", write)
+    cgroup = bw._Cgroup("123-s-0", SMALL, root=tmp_path, own="0::/user.slice/app.scope\n")
+    assert cgroup.version == 2 and cgroup.enforced == {"memory", "pids", "cpu"}
+    assert cgroup.dirs == [tmp_path / "user.slice/gptoss-sandbox/123-s-0"]
+    for rel in (".", "user.slice", "user.slice/gptoss-sandbox"):
+        assert sorted((tmp_path / rel / "cgroup.subtree_control").read_text().split()) == [
+            "cpu",
+            "memory",
+            "pids",
+        ]
+    assert ("cgroup.subtree_control", "+cpu") in writes and (
+        "cgroup.subtree_control",
+        "+memory",
+    ) not in writes
+    limits = {w for w in writes if w[0].startswith("user.slice/gptoss-sandbox/123-s-0/")}
+    prefix = "user.slice/gptoss-sandbox/123-s-0/"
+    assert {
+        (prefix + "memory.max", str(SMALL.memory)),
+        (prefix + "pids.max", str(SMALL.pids)),
+        (prefix + "cpu.max", "100000 100000"),
+    } <= limits
+
+
+def test_cgroup_v2_without_delegation_says_what_does_not_hold(tmp_path, monkeypatch):
+    import gptoss_agent.sandbox.bubblewrap as bw
+
+    _, write = fake_cgroup2(tmp_path, busy={"user.slice"})  # processes live in user.slice itself
+    monkeypatch.setattr(bw, "_write", write)
+    cgroup = bw._Cgroup("123-s-1", SMALL, root=tmp_path, own="0::/user.slice/app.scope\n")
+    assert cgroup.enforced == set()
+    session = bw.BubblewrapSession(SMALL)
+    assert session._shortfalls(None, seccomp=True) == [
+        "memory=384 MiB holds per process (RLIMIT_AS), not for the session",
+        "cpus=1 is not enforced",
+    ]
+
+
+def test_orphans_are_reaped_by_the_supervisor_as_pid_1(session_bw):
+    """bwrap --as-pid-1 makes the driver's supervisor the namespace's init: orphans end up as its
+    children, and it must collect them (zombies would count against the pids limit)."""
+    code = (
+        "import os, time\nfor _ in range(20):\n    pid = os.fork()\n    if pid == 0:\n"
+        "        if os.fork() == 0:\n            time.sleep(0.2)\n            os._exit(0)\n        os._exit(0)\n"
+        "    os.waitpid(pid, 0)\n"
+        "def zombies():\n    n = 0\n    for p in os.listdir('/proc'):\n        if p.isdigit():\n"
+        "            try:\n                n += open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[0] == 'Z'\n"
+        "            except OSError:\n                pass\n    return n\n"
+        "deadline = time.monotonic() + 10\nwhile zombies() and time.monotonic() < deadline:\n    time.sleep(0.1)\n"
+        "open('/proc/1/comm').read().strip(), zombies()"
+    )
+    ex = session_bw.run(code, timeout=20)
+    assert ex.value == "('python3', 0)", ex.output
