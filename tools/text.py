@@ -7,7 +7,8 @@ of showing. The rules, applied where text enters and again by every writer:
 
 - ``clean(text)``: a surrogate pair becomes the character it encodes, an unpaired surrogate
   becomes U+FFFD. The result always encodes as UTF-8.
-- ``decode(data, charset)``: bytes in a known charset, each invalid sequence replaced by U+FFFD.
+- Bytes are decoded with ``errors="replace"``: each invalid sequence becomes U+FFFD (the
+  browser's ``decode_text`` picks the charset; the harmony parser decodes the model's tokens).
 - ``clean_json(value)``: ``clean`` applied to every string (keys too) of a JSON-ready value.
 - ``for_terminal(text)``: ``clean``, then C0 and C1 controls, DEL and ESC shown as visible escapes
   (``\\x1b``, ``\\x9b``, ``\\r``); ``\\n`` and ``\\t`` stay, ``\\r\\n`` becomes ``\\n``.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["clean", "clean_json", "decode", "for_terminal"]
+__all__ = ["clean", "clean_json", "for_terminal"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _NAMED = {0x0D: "\\r", 0x08: "\\b", 0x0B: "\\v", 0x0C: "\\f", 0x07: "\\a", 0x00: "\\0"}
@@ -35,11 +36,6 @@ def clean(text: str) -> str:
     if text.isascii() or _SURROGATE.search(text) is None:
         return text
     return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-
-
-def decode(data: bytes, charset: str = "utf-8") -> str:
-    """``data`` decoded from ``charset`` (a known codec name), invalid bytes as U+FFFD."""
-    return data.decode(charset, "replace")
 
 
 def clean_json(value: Any) -> Any:
