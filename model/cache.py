@@ -11,7 +11,8 @@ where a message starts): when rows ``[a - window + 1, a + after)`` of an anchor 
 be dropped they are saved as a snapshot piece, so that the cache can be rolled back to any
 position in ``[a, a + after]``. For gpt-oss-20b in bf16 an anchor costs 12 sliding layers x 159
 rows x 2 KiB = 3.9 MB at most (less where anchors are closer than a window); ``max_snapshot_rows``
-bounds a layer's pieces (the oldest go first).
+bounds a layer's pieces: the oldest go first, those around a *strong* anchor (where a generation
+began: where a new turn that drops the last one's reasoning branches off) last.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class LayerCache:
         """Rows in use."""
         self.anchors: list[int] = []
         """Sorted positions whose surrounding rows are saved before they are dropped (see the module)."""
+        self.strong: set[int] = set()
+        """Anchors whose pieces are forgotten last."""
         self.after = 32
         """Positions after an anchor that stay restorable."""
         self.pieces: list[Piece] = []
@@ -123,7 +126,12 @@ class LayerCache:
             self.pieces.append((a, self._k[r0:r1].clone(), self._v[r0:r1].clone()))
         excess = sum(p[1].shape[0] for p in self.pieces) - self.max_snapshot_rows
         while excess > 0 and self.pieces:
-            excess -= self.pieces.pop(0)[1].shape[0]
+            weak = (i for i, (p, k, _) in enumerate(self.pieces) if not self._holds_strong(p, p + k.shape[0]))
+            excess -= self.pieces.pop(next(weak, 0))[1].shape[0]
+
+    def _holds_strong(self, lo: int, hi: int) -> bool:
+        before = (self.window or 1) - 1
+        return any(a - before < hi and lo < a + self.after for a in self.strong)
 
     def runs(self) -> list[tuple[int, int]]:
         """Contiguous position ranges ``[a, b)`` this layer holds (saved pieces, then the live rows)."""
@@ -182,6 +190,7 @@ class LayerCache:
         cut = self.start  # saved rows stay only below the live ones
         self.pieces = [(p, k[: cut - p], v[: cut - p]) for p, k, v in self.pieces if p < cut]
         del self.anchors[bisect.bisect_left(self.anchors, end + 1) :]
+        self.strong.difference_update([a for a in self.strong if a > end])
         return True
 
     def clear(self) -> None:
@@ -189,6 +198,7 @@ class LayerCache:
         self.start = self.length = 0
         self.pieces = []
         self.anchors.clear()
+        self.strong.clear()
 
     def release(self) -> None:
         """Forget every position and free the buffers."""
@@ -231,17 +241,23 @@ class KVCache:
         self.windows = windows
         self.anchors: list[int] = []
         """Positions whose sliding-window rows are kept restorable (shared by every layer)."""
+        self.strong: set[int] = set()
+        """Anchors whose snapshots are forgotten last (where generations began)."""
         for layer, w in zip(layers, windows, strict=True):
             layer.window = w
             layer.anchors = self.anchors
+            layer.strong = self.strong
 
     @property
     def length(self) -> int:
         """Positions cached (the absolute position of the next token)."""
         return self.layers[0].end if self.layers else 0
 
-    def anchor(self, position: int) -> None:
-        """Keep the cache restorable to ``position`` (and a few positions after it)."""
+    def anchor(self, position: int, *, strong: bool = False) -> None:
+        """Keep the cache restorable to ``position`` (and a few positions after it); a ``strong``
+        anchor's snapshot is forgotten last when ``max_snapshot_rows`` is reached."""
+        if strong:
+            self.strong.add(position)
         i = bisect.bisect_left(self.anchors, position)
         if i == len(self.anchors) or self.anchors[i] != position:
             self.anchors.insert(i, position)
@@ -280,6 +296,7 @@ class KVCache:
         for mine, theirs in zip(self.layers, other.layers, strict=True):
             mine.copy_prefix(theirs, end)
         self.anchors[:] = [a for a in other.anchors if a <= end]
+        self.strong.update(a for a in other.strong if a <= end)
 
     def reset(self) -> None:
         for layer in self.layers:

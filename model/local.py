@@ -319,7 +319,7 @@ class Session:
                 stats.reused_tokens = reused
                 stats.prefilled_tokens = len(prompt) - reused
                 stats.reuse_shortfall = why
-                self.cache.anchor(len(prompt))  # where this generation branches off the prompt
+                self.cache.anchor(len(prompt), strong=True)  # where this generation branches off
                 try:
                     logits = self.prefill(prompt[reused:], deadline)
                 except DeadlineExpired:

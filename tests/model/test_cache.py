@@ -68,6 +68,7 @@ def test_an_anchor_keeps_the_rows_around_it_restorable():
     assert cache.anchors == [10]
 
 
+@torch.inference_mode()  # as in the model, where copies are made
 def test_snapshots_are_bounded_and_copies_share_them():
     cache, sliding = sliding_cache()
     sliding.max_snapshot_rows = 8
@@ -83,3 +84,15 @@ def test_snapshots_are_bounded_and_copies_share_them():
     assert k[:, 0, 0].tolist() == list(range(start, 37))  # every row it returns is the right one
     assert start <= 33
     assert other.layers[0].pieces[0][1].data_ptr() == sliding.pieces[0][1].data_ptr()  # shared
+
+
+def test_a_strong_anchor_outlives_newer_weak_ones():
+    cache, sliding = sliding_cache()
+    sliding.max_snapshot_rows = 10  # two anchors' worth
+    cache.anchor(5, strong=True)  # where a generation began
+    for a in (15, 25, 35, 45):  # message starts further on
+        cache.anchor(a)
+    fill(cache, 0, 80)
+    assert cache.restorable(5) and cache.restorable(45)
+    assert not cache.restorable(15) and not cache.restorable(25)
+    assert cache.truncate(6) and cache.strong == {5} and cache.anchors == [5]
