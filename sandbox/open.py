@@ -50,8 +50,10 @@ def open_sandbox(
     ``backend``: ``auto`` (Docker when an engine answers, else bubblewrap), ``docker``,
     ``bubblewrap``, or ``dangerous-local`` (no isolation at all). Keyword arguments are the fields
     of ``Limits`` (``timeout=30, memory=512 * 2**20``...) or a whole ``limits=Limits(...)``, plus
-    backend options (Docker: ``image``, ``build``, ``progress``; bubblewrap: ``root``). The session
-    is started at once unless ``start=False`` (then the first ``run`` starts it).
+    backend options (Docker: ``image``, ``build``, ``progress``; bubblewrap: ``root``; both:
+    ``strict=True``, which refuses to start where a limit cannot be applied as asked, instead of
+    one warning line). The session is started at once unless ``start=False`` (then the first
+    ``run`` starts it).
     """
     limit_names = set(Limits.__dataclass_fields__)
     limit_kwargs = {k: options.pop(k) for k in list(options) if k in limit_names}
