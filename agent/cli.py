@@ -407,6 +407,7 @@ def build_mcp_servers(specs: Sequence[str], config: str | None) -> list[Any]:
     if not specs and not config:
         return []
     import shlex
+    from concurrent.futures import ThreadPoolExecutor
 
     from gptoss_agent.tools.mcp import MCPConnectionError, MCPServer, load_mcp_config
 
@@ -425,8 +426,8 @@ def build_mcp_servers(specs: Sequence[str], config: str | None) -> list[Any]:
             servers.append(MCPServer.stdio(words[0], words[1:]))
         if config:
             servers.extend(load_mcp_config(config))
-        for server in servers:
-            server.connect()
+        with ThreadPoolExecutor(max_workers=8) as pool:  # they start side by side
+            list(pool.map(lambda server: server.connect(), servers))
     except (ValueError, MCPConnectionError) as e:
         for server in servers:
             server.close()

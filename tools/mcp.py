@@ -417,8 +417,11 @@ class MCPServer:
     @property
     def spec(self) -> NamespaceSpec:
         """The namespace as harmony renders it; the first access starts the server and lists its
-        tools, a later one re-lists them after the server said they changed."""
-        if self._spec is None or self._changed:
+        tools, a later one re-lists them after the server said they changed (while it is up: a
+        dead server is restarted by its next call, not by a look at its spec)."""
+        session = self._session
+        healthy = session is not None and session.broken is None
+        if self._spec is None or (self._changed and healthy):
             try:
                 self._submit(self._refresh(), self.connect_timeout + _GRACE_SECONDS)
             except (MCPConnectionError, TimeoutError):

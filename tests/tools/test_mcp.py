@@ -202,7 +202,7 @@ def test_agent_calls_a_stdio_server_in_gpt_oss_output_forms(enc):
 
 
 def test_raising_dying_and_hanging_tools_go_back_to_the_model_and_the_run_goes_on(enc):
-    server = stdio_server(timeout=3)
+    server = stdio_server(timeout=1.5)
     engine = ScriptedEngine(
         [
             call("test_server.boom", '{"reason": "no fuel"}'),
@@ -223,7 +223,7 @@ def test_raising_dying_and_hanging_tools_go_back_to_the_model_and_the_run_goes_o
     assert replies[2].startswith("The MCP server 'test_server' stopped during the call to test_server.die")
     assert "restarted on the next call" in replies[2] and "dying now" in replies[2]
     assert int(replies[3]) != first_pid  # a new process
-    assert replies[4].startswith("test_server.hang did not answer within 3 seconds")
+    assert replies[4].startswith("test_server.hang did not answer within 1.5 seconds")
     assert replies[5] == "2"
     assert server.restarts == 2
     assert result.answer == "done"
