@@ -185,15 +185,19 @@ def _page_workers() -> list[int]:
     return pids
 
 
-def _assert_nothing_left_running() -> None:
-    """No tool-call thread alive and no page worker using the CPU (over one second)."""
+def _call_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("tool-call")}
+
+
+def _assert_nothing_left_running(before: set[threading.Thread]) -> None:
+    """No tool-call thread started since ``before`` alive, no page worker using the CPU."""
     deadline = time.monotonic() + 5
-    while any(t.name.startswith("tool-call") for t in threading.enumerate()) and time.monotonic() < deadline:
+    while _call_threads() - before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("tool-call")]
-    before = {pid: _cpu_seconds(pid) for pid in _page_workers()}
+    assert not [t.name for t in _call_threads() - before]
+    workers = {pid: _cpu_seconds(pid) for pid in _page_workers()}
     time.sleep(1.0)
-    for pid, cpu in before.items():
+    for pid, cpu in workers.items():
         now = _cpu_seconds(pid)
         assert now is None or cpu is None or now - cpu < 0.2, f"page worker {pid} still busy"
 
@@ -206,20 +210,22 @@ def _open(browser: Browser, url: str) -> tuple[str, bool, float]:
 
 def test_five_megabytes_of_nested_divs_open_quickly_and_leave_nothing_running(site, enc):
     browser = Browser(allow_private_urls=True, encoding=enc)
+    before = _call_threads()
     text, is_error, seconds = _open(browser, f"{site.url}/nested/450000")  # 5 MB; unbounded: ~30 min
     assert not is_error and "deep inside" in text, text[:500]
     assert seconds < 60
-    _assert_nothing_left_running()
+    _assert_nothing_left_running(before)
 
 
 def test_a_page_past_its_time_limit_stops_its_worker(site, enc):
     browser = Browser(
         allow_private_urls=True, encoding=enc, fetch_config=FetchConfig(parse_timeout=0.5, max_depth=10**9)
     )
+    before = _call_threads()
     text, is_error, seconds = _open(browser, f"{site.url}/nested/150000")  # ~30 s of parsing unbounded
     assert is_error and "too complex to show: turning it into text took longer than 0.5 s" in text
     assert seconds < 15
-    _assert_nothing_left_running()
+    _assert_nothing_left_running(before)
     text, is_error, _ = _open(browser, f"{site.url}/gzip")  # a fresh worker for the next page
     assert not is_error and "Tidal power, gently compressed." in text
 
@@ -227,9 +233,10 @@ def test_a_page_past_its_time_limit_stops_its_worker(site, enc):
 def test_a_call_cancelled_by_the_toolbox_stops_its_worker(site, enc):
     config = FetchConfig(parse_timeout=120, max_depth=10**9)
     box = Toolbox([Browser(allow_private_urls=True, encoding=enc, fetch_config=config)], timeout=1.0)
+    before = _call_threads()
     out = box.dispatch("browser.open", json.dumps({"id": f"{site.url}/nested/150000"}))
     assert out.is_error and "did not finish within 1 seconds" in out.content
-    _assert_nothing_left_running()
+    _assert_nothing_left_running(before)
 
 
 def test_limit_depth_drops_only_the_tags_too_deep():
