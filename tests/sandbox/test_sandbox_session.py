@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import threading
-import time
 
 import pytest
 from _sandbox_support import BACKENDS, SMALL, open_backend
@@ -169,16 +169,14 @@ def test_sessions_are_independent_and_run_in_parallel(backend):
         assert b.run("import os; os.path.exists('/mnt/data/who')").value == "False"
         results: dict[str, Execution] = {}
 
-        def sleepy(name, s):
-            results[name] = s.run(
-                "import time; t = time.monotonic(); time.sleep(1); round(time.monotonic() - t)"
-            )
+        def sleepy(name, s):  # each cell reports when it ran, on the clock host and sandbox share
+            results[name] = s.run("import time; t = time.time(); time.sleep(2); (t, time.time())")
 
-        started = time.monotonic()
         threads = [threading.Thread(target=sleepy, args=(n, s)) for n, s in (("a", a), ("b", b))]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        assert results["a"].value == results["b"].value == "1"
-        assert time.monotonic() - started < 1.9
+        spans = [ast.literal_eval(results[n].value or "") for n in ("a", "b")]
+        # parallel means the two cells overlapped; no bound on how long a loaded machine took
+        assert max(start for start, _ in spans) < min(end for _, end in spans), spans
