@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -313,12 +314,54 @@ def _render(show_reasoning: bool = True, ok: bool = True) -> str:
     ],
 )
 def test_renderer_golden(name, show_reasoning, ok):
+    from importlib.metadata import version
+
     text = _render(show_reasoning, ok)
     golden = GOLDEN / name
     if os.environ.get("UPDATE_GOLDEN"):
         golden.parent.mkdir(exist_ok=True)
         golden.write_text(text)
+    # the goldens are rich's drawing: the test extra pins the rich they were made with
+    assert version("rich") == RICH_OF_THE_GOLDENS, (
+        f"rich {version('rich')} is installed; the goldens are rich {RICH_OF_THE_GOLDENS}'s "
+        "(pip install -e '.[test]', or regenerate them with UPDATE_GOLDEN=1 and pin the new version)"
+    )
     assert text == golden.read_text()
+
+
+RICH_OF_THE_GOLDENS = "15.0.0"
+
+
+@pytest.mark.parametrize(("show_reasoning", "ok"), [(True, True), (False, True), (True, False)])
+def test_renderer_shows_what_it_must_independently_of_rich(show_reasoning, ok):
+    """What the view holds, in order, stated without rich: box drawing stripped, words only."""
+    text = _render(show_reasoning, ok)
+    flat = [re.sub(r"[\s│╭╮╰╯─]+", " ", line).strip() for line in text.splitlines()]
+    flat = [line for line in flat if line]
+    expected = [
+        *(["I should search."] if show_reasoning else []),
+        "browser.search · 0.25 s",  # the panel title: recipient · duration
+        '{"query": "largest tidal power station"}',
+        "# Search Results",
+        "line 4",  # the result clipped to tool_lines=8 lines ...
+        "… 7 more lines",  # ... and a count of the rest
+        "Checking one more thing.",  # commentary always shows
+        "functions.nope (error) · 0.00 s",
+        "! malformed output (truncated); the model was told",
+        # the answer with its citation resolved into a link, or what there was of it
+        "Sihwa Lake (254 MW) (wiki.test (http://wiki.test/tidal))."
+        if ok
+        else "(unfinished answer) **Sihwa Lake** (254 MW) 【0†L2】.",
+        "3 steps · 1,200 prompt tokens (900 reused) · 85 generated · 2.5 s"
+        + ("" if ok else " · stopped: max_steps"),
+    ]
+    joined, at = " ".join(flat), 0
+    for want in expected:  # each in order, lines wrapped by the console's width joined again
+        found = joined.find(want, at)
+        assert found >= 0, (want, joined[at:])
+        at = found + len(want)
+    assert ("I should search." in text) == show_reasoning
+    assert "line 5" not in text  # clipped
 
 
 def test_harmony_module_command_prints_no_runtime_warning(tmp_path):
