@@ -350,10 +350,12 @@ class _Worker:
     def _read(self, size: int, deadline: float) -> bytes:
         assert self.process.stdout is not None
         fd = self.process.stdout.fileno()
+        poller = select.poll()  # not select(): a busy server's descriptors may be past FD_SETSIZE
+        poller.register(fd, select.POLLIN)
         chunks: list[bytes] = []
         while size > 0:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if left <= 0 or not poller.poll(left * 1000):
                 raise TimeoutError
             chunk = os.read(fd, min(size, 1 << 20))
             if not chunk:
