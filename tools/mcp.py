@@ -797,6 +797,9 @@ class MCPServer:
             return _error(author, f"{author} failed: {_describe(e)}", "mcp_error")
         text, metadata = result_text(result)
         metadata["mcp_seconds"] = time.monotonic() - started
+        if self._changed:  # the call changed the tool list: say so, the model may use the new ones
+            note = await self._change_note()
+            text = f"{text}\n\n{note}" if note and text else note or text
         if result.is_error:
             return ToolOutput(
                 author=author,
@@ -805,6 +808,28 @@ class MCPServer:
                 metadata={**metadata, "error": "tool_error"},
             )
         return ToolOutput(author=author, content=text, metadata=metadata)
+
+    async def _change_note(self) -> str:
+        """Re-list the tools and describe what changed (the developer message keeps the old list)."""
+        before = {name: t.spec.description for name, t in self._tools.items()}
+        try:
+            await self._refresh()
+        except MCPConnectionError:
+            return ""
+        added = [n for n in self._tools if n not in before]
+        removed = [n for n in before if n not in self._tools]
+        if not added and not removed:
+            return ""
+        lines = [f"[The MCP server {self.name!r} changed its tools.]"]
+        for n in added:
+            t = self._tools[n].spec
+            params = ", ".join((t.parameters or {}).get("properties", {}))
+            lines.append(
+                f"New: {self.name}.{n}({params})" + (f" -- {t.description}" if t.description else "")
+            )
+        if removed:
+            lines.append("Removed: " + ", ".join(f"{self.name}.{n}" for n in removed))
+        return "\n".join(lines)
 
     def _mark_broken(self, why: str) -> None:
         if self._session is not None:
