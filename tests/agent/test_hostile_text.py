@@ -208,3 +208,25 @@ def test_markup_in_a_tool_name_is_not_a_link():
     record = ToolCallRecord(step=1, recipient="[link=http://evil.test]x[/link]", arguments="{}", channel=None)
     renderer(ToolCallFinished(record))
     assert "\x1b]8" not in stream.getvalue() and "[link=http://evil.test]x[/link]" in stream.getvalue()
+
+
+@pytest.mark.bwrap
+def test_sandbox_output_reaches_the_terminal_only_as_visible_text(enc):
+    import shutil
+
+    from gptoss_agent.sandbox import open_sandbox
+    from gptoss_agent.tools import Python
+
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed here (CI installs it)")
+    code = 'print("top\\x1b[2J\\x1b[H\\x1b]0;owned\\x07\\x1b]8;;http://evil.test/\\x1b\\\\link\\x9b31m")'
+    script = [f"<|channel|>analysis to=python code<|message|>{code}<|call|>", final("Printed.")]
+    with open_sandbox("bubblewrap", timeout=20) as session:  # opened here, as the python tool would
+        agent = Agent(ScriptedEngine(script, enc=enc), [Python(session)], enc=enc)
+        stream = io.StringIO()
+        renderer = Renderer(Console(file=stream, force_terminal=True, width=120))
+        for event in agent.stream("print it"):
+            renderer(event)
+    rest = _SGR.sub("", stream.getvalue())
+    assert "\x1b" not in rest and not re.search("[\x80-\x9f\x07]", rest), repr(rest)
+    assert "top\\x1b[2J\\x1b[H\\x1b]0;owned\\a\\x1b]8;;http://evil.test/\\x1b\\link\\x9b31m" in rest, rest
