@@ -41,7 +41,8 @@ def test_container_is_locked_down(client):
         assert host["Privileged"] is False
         assert host["Memory"] == SMALL.memory and host["MemorySwap"] == SMALL.memory
         assert host["NanoCpus"] == int(SMALL.cpus * 1e9) and host["PidsLimit"] == SMALL.pids
-        assert set(host["Tmpfs"]) == {"/tmp", "/mnt/data"}
+        assert set(host["Tmpfs"]) == {"/tmp", "/mnt/data"} and host["ShmSize"] == SMALL.shm_size
+        assert host["AutoRemove"] is True and config["OpenStdin"] and config["StdinOnce"]  # liveness link
         assert f"size={SMALL.data_disk}" in host["Tmpfs"]["/mnt/data"]
         assert not host["Binds"] and not info["Mounts"] and not host["PortBindings"]
         assert host["Init"] is True or config["Cmd"][:2] == ["python3", "-I"]
