@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import glob
 import importlib
-import json
 import math
 import os
 import re
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from gptoss_agent.agent.events import AgentEvent, RunDone, RunResult, event_to_dict
+from gptoss_agent.tools.text import json_text
 
 __all__ = ["UserError", "build_parser", "main", "resolve_model"]
 
@@ -514,13 +514,13 @@ class _Output:
 
     def event(self, event: AgentEvent) -> None:
         if self.mode == "jsonl":
-            print(json.dumps(event_to_dict(event), ensure_ascii=False), flush=True)
+            print(json_text(event_to_dict(event)), flush=True)  # valid UTF-8, no raw controls
         elif self.renderer is not None:
             self.renderer(event)
 
     def result(self, result: RunResult) -> None:
         if self.mode == "json":
-            print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2), flush=True)
+            print(json_text(result.to_dict(), indent=2), flush=True)
 
 
 def _turn(agent: Any, task: str | None, out: _Output) -> RunResult:

@@ -10,16 +10,20 @@ of showing. The rules, applied where text enters and again by every writer:
 - Bytes are decoded with ``errors="replace"``: each invalid sequence becomes U+FFFD (the
   browser's ``decode_text`` picks the charset; the harmony parser decodes the model's tokens).
 - ``clean_json(value)``: ``clean`` applied to every string (keys too) of a JSON-ready value.
+- ``json_text(value)``: one JSON document that always encodes as UTF-8 and carries no raw
+  control character (JSON escapes C0 itself; DEL and C1 become ``\\u0080``-style escapes), so
+  ``--jsonl`` printed to a terminal cannot act on it either.
 - ``for_terminal(text)``: ``clean``, then C0 and C1 controls, DEL and ESC shown as visible escapes
   (``\\x1b``, ``\\x9b``, ``\\r``); ``\\n`` and ``\\t`` stay, ``\\r\\n`` becomes ``\\n``.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
-__all__ = ["clean", "clean_json", "for_terminal"]
+__all__ = ["clean", "clean_json", "for_terminal", "json_text"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _NAMED = {0x0D: "\\r", 0x08: "\\b", 0x0B: "\\v", 0x0C: "\\f", 0x07: "\\a", 0x00: "\\0"}
@@ -29,6 +33,7 @@ _TERMINAL = {
     if code not in (0x09, 0x0A)
 }
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_JSON_CONTROLS = {code: f"\\u{code:04x}" for code in range(0x7F, 0xA0)}
 
 
 def clean(text: str) -> str:
@@ -49,6 +54,11 @@ def clean_json(value: Any) -> Any:
     if isinstance(value, tuple):
         return tuple(clean_json(v) for v in value)
     return value
+
+
+def json_text(value: Any, *, indent: int | None = None) -> str:
+    """``value`` as JSON (non-ASCII kept readable), every string ``clean``, DEL and C1 escaped."""
+    return json.dumps(clean_json(value), ensure_ascii=False, indent=indent).translate(_JSON_CONTROLS)
 
 
 def for_terminal(text: str) -> str:

@@ -143,7 +143,7 @@ def test_cli_jsonl_and_resume_with_lone_surrogates(enc, site, tmp_path, monkeypa
     path = tmp_path / "cli.jsonl"
     engines = iter(
         [
-            ScriptedEngine([call("functions.echo", '{"text": "\\udfff!"}'), final("ok")], enc=enc),
+            ScriptedEngine([call("functions.echo", '{"text": "\\udfff!\\u009b"}'), final("ok")], enc=enc),
             ScriptedEngine([final("resumed")], enc=enc),
         ]
     )
@@ -157,10 +157,11 @@ def test_cli_jsonl_and_resume_with_lone_surrogates(enc, site, tmp_path, monkeypa
         monkeypatch.setattr(sys, "stdout", out)
         assert cli_module.main(argv) == 0
         lines = out.buffer.getvalue().decode("utf-8").splitlines()  # type: ignore[attr-defined]
+        assert not re.search("[\x7f-\x9f]", "".join(lines))  # C1 controls escaped in JSON too
         done = [json.loads(line) for line in lines if '"run_done"' in line]
         assert done and done[-1]["result"]["stop_reason"] == "answer"
     assert [m.text for m in load_transcript(path)][-1] == "resumed"
-    assert "you said: \ufffd!" in path.read_text(encoding="utf-8")
+    assert "you said: \ufffd!\x9b" in [m.text for m in load_transcript(path)]
 
 
 _SGR = re.compile(r"\x1b\[[0-9;]*m")
