@@ -443,11 +443,12 @@ class Supervisor:
         pid = os.fork()
         if pid == 0:
             try:
+                # Stdin and stdout become the kernel's pipes; stderr stays the host's until the
+                # Driver replaces it (before any cell runs), so that a failing start is reported.
                 os.dup2(req_r, 0)
                 os.dup2(res_w, 1)
-                null = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(null, 2)
-                os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])  # the host's, ours
+                limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                os.closerange(3, limit if 0 < limit < 1 << 20 else 1 << 20)
                 _set_dumpable(1)
                 Driver().serve()
             finally:
