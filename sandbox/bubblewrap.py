@@ -267,7 +267,11 @@ class _Launcher:
             requests = self._requests
         future: Future[subprocess.Popen[bytes]] = Future()
         requests.put((argv, kwargs, future))
-        return future.result()
+        try:
+            return future.result()
+        except BaseException:  # interrupted while waiting: a bwrap started for nobody is killed
+            future.add_done_callback(_kill_abandoned)
+            raise
 
     @staticmethod
     def _serve(requests: queue.SimpleQueue[tuple[list[str], dict[str, Any], Future[Any]]]) -> None:
@@ -277,6 +281,13 @@ class _Launcher:
                 future.set_result(subprocess.Popen(argv, **kwargs))
             except BaseException as exc:
                 future.set_exception(exc)
+
+
+def _kill_abandoned(future: Future[subprocess.Popen[bytes]]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        process = future.result()
+        process.kill()
+        process.wait()
 
 
 _launcher = _Launcher()

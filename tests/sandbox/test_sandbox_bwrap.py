@@ -51,6 +51,17 @@ def test_sessions_outlive_the_threads_that_started_and_restarted_them():
         session.close()
 
 
+def test_a_dropped_session_takes_its_sandbox_with_it():
+    import gc
+
+    session = in_thread(lambda: open_backend("bubblewrap"))
+    process = session._process
+    assert session.run("1").value == "1"
+    del session
+    gc.collect()
+    assert process.wait(timeout=10) is not None  # killed by the session's finalizer
+
+
 def test_the_agents_python_tool_keeps_state_without_a_docker_engine(monkeypatch):
     import gptoss_agent.sandbox.docker as dk
     from _sandbox_support import bwrap_ready
