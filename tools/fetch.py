@@ -357,23 +357,28 @@ class _Inflate:
         self.pending = b""
         self._inflater: Any = None
         self._more = False  # the last pull filled its limit: output may wait inside zlib
+        self._ended = False  # a stream (gzip: a member) ended; only another gzip member may follow
 
     def push(self, data: bytes) -> None:
         self.pending = self.pending + data if self.pending else data
 
     def pull(self, limit: int) -> bytes:
-        if not self.pending and not self._more:
-            return b""
         if self._inflater is None:
+            if len(self.pending) < 2 and (not self._ended or b"\x1f\x8b".startswith(self.pending)):
+                return b""  # too little to tell what comes: wait for more
+            if self._ended and not (self.gzip and self.pending.startswith(b"\x1f\x8b")):
+                self.pending = b""  # bytes after the end (padding, junk) are ignored
+                return b""
             self._inflater = zlib.decompressobj(self._wbits())
+        elif not self.pending and not self._more:
+            return b""
         out: bytes = self._inflater.decompress(self.pending, limit)
         self.pending = self._inflater.unconsumed_tail
         self._more = len(out) == limit
         if self._inflater.eof:
-            rest = self._inflater.unused_data
+            self.pending = self._inflater.unused_data + self.pending
             self._inflater = None
-            # gzip members may follow one another; anything after a deflate stream is ignored
-            self.pending = rest + self.pending if self.gzip and rest.lstrip(b"\0") else b""
+            self._ended = True
         return out
 
     def _wbits(self) -> int:

@@ -57,8 +57,8 @@ def site(bombs):
             return Response(200, zlib.compress(page.encode()), {**html, "Content-Encoding": "deflate"})
         if request.path == "/raw-deflate":
             return Response(200, raw_deflate, {**html, "Content-Encoding": "deflate"})
-        if request.path == "/members":  # two gzip members back to back
-            body = gzip.compress(page[:1000].encode()) + gzip.compress(page[1000:].encode())
+        if request.path == "/members":  # two gzip members back to back, then padding
+            body = gzip.compress(page[:1000].encode()) + gzip.compress(page[1000:].encode()) + b"\0" * 8
             return Response(200, body, {**html, "Content-Encoding": "gzip"})
         if request.path.startswith("/nested/"):  # /nested/LEVELS
             levels = int(request.path.rsplit("/", 1)[1])
@@ -295,3 +295,20 @@ def test_a_utf8_page_with_a_few_bad_bytes_keeps_its_charset(site):
 )
 def test_latin1_and_other_single_byte_pages_are_not_misdetected(site, path, text):
     assert text in get(site, path).text
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 4096])
+def test_gzip_members_and_padding_split_anywhere(chunk):
+    from gptoss_agent.tools.fetch import _CHUNK, _Inflate, _pull
+
+    text = b"Tidal power, member by member. " * 500
+    body = gzip.compress(text[:5000]) + gzip.compress(text[5000:]) + b"\0" * 5
+    for stack in (["gzip"], ["gzip", "gzip"]):
+        wire = body if len(stack) == 1 else gzip.compress(body)
+        layers = [_Inflate(name) for name in stack]
+        out = []
+        for i in range(0, len(wire), chunk):
+            layers[0].push(wire[i : i + chunk])
+            while data := _pull(layers, len(layers) - 1, _CHUNK):
+                out.append(data)
+        assert b"".join(out) == text
