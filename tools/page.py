@@ -429,11 +429,16 @@ async def html_to_text_bounded(
     """``html_to_text`` of ``limit_depth(html)`` in a worker process, within ``timeout`` seconds.
 
     Raises ``PageTooComplex`` past the limit. Cancelling the awaiting task stops the worker too.
+    Where no process can be started (no ``sys.executable``), it converts in a thread, with the
+    depth limit but without the time limit.
     """
     from gptoss_agent.tools.base import call_in_thread
     from gptoss_agent.tools.text import clean
 
-    worker = _checkout()
+    try:
+        worker = _checkout()
+    except OSError:
+        return await call_in_thread(lambda: html_to_text(limit_depth(html, max_depth), url))
     try:
         page = await call_in_thread(worker.convert, clean(html), url, max_depth, timeout)
     except BaseException:

@@ -312,3 +312,13 @@ def test_gzip_members_and_padding_split_anywhere(chunk):
             while data := _pull(layers, len(layers) - 1, _CHUNK):
                 out.append(data)
         assert b"".join(out) == text
+
+
+def test_without_a_python_to_start_pages_convert_in_process(monkeypatch):
+    from gptoss_agent.tools import page
+
+    monkeypatch.setattr(page.sys, "executable", "/nonexistent/python")
+    page.close_workers()
+    deep = "<html><body>" + "<div>" * 5000 + "deep inside" + "</div>" * 5000 + "</body></html>"
+    converted = asyncio.run(page.html_to_text_bounded(deep, "http://example.test/"))
+    assert converted.text == "deep inside"
