@@ -380,7 +380,10 @@ def _read_frame(buf: bytearray):
         return None
     body = bytes(buf[HEADER.size : HEADER.size + size])
     del buf[: HEADER.size + size]
-    message = json.loads(body)
+    try:
+        message = json.loads(body)
+    except RecursionError:
+        raise ValueError("a frame nested too deeply") from None
     if not isinstance(message, dict):
         raise ValueError("a frame that is not an object")
     return message
@@ -451,8 +454,11 @@ class Supervisor:
                 os.closerange(3, limit if 0 < limit < 1 << 20 else 1 << 20)
                 _set_dumpable(1)
                 Driver().serve()
-            finally:
-                os._exit(0)
+            except BaseException:
+                with contextlib.suppress(BaseException):
+                    traceback.print_exc()
+                os._exit(1)
+            os._exit(0)
         os.close(req_r)
         os.close(res_w)
         return pid, req_w, res_r
