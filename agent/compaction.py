@@ -78,7 +78,7 @@ def _is_elided(message: Message) -> bool:
     return ELIDED_KEY in message.metadata
 
 
-@dataclass
+@dataclass(frozen=True)
 class Compactor:
     """The default compaction policy (see the module's docstring for the order it follows).
 
@@ -159,8 +159,8 @@ class Compactor:
 
 def describe(before: Sequence[Message], after: Sequence[Message]) -> tuple[int, int, str]:
     """(messages dropped, tool results elided, a one-line description) of a compaction."""
-    kept = {id(m) for m in after}
-    new = [m for m in after if id(m) not in {id(b) for b in before}]
+    kept, old = {id(m) for m in after}, {id(m) for m in before}
+    new = [m for m in after if id(m) not in old]
     elided = sum(1 for m in new if _is_elided(m))
     dropped = sum(1 for m in before if id(m) not in kept) - elided
     parts = []
