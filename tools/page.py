@@ -205,53 +205,31 @@ def _layout(raw: str) -> str:
 # -- bounds: depth before parsing, time in a worker process ------------------------------------
 
 _TAG = re.compile(r"<!--|<(/?)([A-Za-z][A-Za-z0-9:-]*)[^<>]*>")
-_VOID = frozenset(
-    [
-        "area",
-        "base",
-        "br",
-        "col",
-        "embed",
-        "hr",
-        "img",
-        "input",
-        "link",
-        "meta",
-        "param",
-        "source",
-        "track",
-        "wbr",
-        "keygen",
-        "basefont",
-        "bgsound",
-        "frame",
-    ]
-)
-_OPTIONAL_END = frozenset(
-    [
-        "p",
-        "li",
-        "dt",
-        "dd",
-        "tr",
-        "td",
-        "th",
-        "thead",
-        "tbody",
-        "tfoot",
-        "option",
-        "optgroup",
-        "colgroup",
-        "rb",
-        "rt",
-        "rtc",
-        "rp",
-    ]
-)
+_VOID = frozenset({
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source",
+    "track", "wbr", "keygen", "basefont", "bgsound", "frame",
+})  # fmt: skip
+_OPTIONAL_END = frozenset({
+    "p", "li", "dt", "dd", "tr", "td", "th", "thead", "tbody", "tfoot", "option", "optgroup",
+    "colgroup", "rb", "rt", "rtc", "rp",
+})  # fmt: skip
 """Elements the parser closes by itself when a sibling starts: they do not nest by repetition."""
-_RAW_TEXT = frozenset(
-    ["script", "style", "textarea", "title", "xmp", "iframe", "noembed", "noframes", "noscript", "plaintext"]
-)
+_RAW_TEXT = {
+    name: re.compile(f"</{name}", re.IGNORECASE)
+    for name in (
+        "script",
+        "style",
+        "textarea",
+        "title",
+        "xmp",
+        "iframe",
+        "noembed",
+        "noframes",
+        "noscript",
+        "plaintext",
+    )
+}
+"""Elements whose content is text up to their end tag (found by these patterns)."""
 
 
 def limit_depth(html: str, max_depth: int = MAX_DEPTH) -> str:
@@ -265,7 +243,6 @@ def limit_depth(html: str, max_depth: int = MAX_DEPTH) -> str:
     out: list[str] = []
     depth = 0
     kept = pos = 0
-    lowered: str | None = None
     for match in _TAG.finditer(html):
         if match.start() < pos:
             continue  # inside a raw-text element skipped below
@@ -286,11 +263,10 @@ def limit_depth(html: str, max_depth: int = MAX_DEPTH) -> str:
             depth = max(depth - 1, 0)
             continue
         if name in _RAW_TEXT:
-            lowered = lowered if lowered is not None else html.lower()
-            end = lowered.find(f"</{name}", match.end())
-            pos = len(html) if end < 0 else end
             if name == "plaintext":
                 break
+            raw_end = _RAW_TEXT[name].search(html, match.end())
+            pos = len(html) if raw_end is None else raw_end.start()
             continue
         depth += 1  # "<div/>" opens a div too: HTML ignores the slash on ordinary elements
         if depth > max_depth:

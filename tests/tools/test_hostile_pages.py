@@ -257,6 +257,9 @@ def test_limit_depth_drops_only_the_tags_too_deep():
     assert limit_depth("<!--" * 100_000 + "<div>" * 600).count("<div>") == 600  # an unclosed comment
     page = big_page()
     assert limit_depth(page) is page
+    # a raw-text end tag is found in the page itself ("İ".lower() is two characters)
+    mixed = "İ" * 50 + "<SCRIPT>" + "<div>" * 900 + "</Script>" + "<div>" * 600
+    assert limit_depth(mixed).count("<div>") == 900 + MAX_DEPTH
 
 
 # -- charsets ---------------------------------------------------------------------------------------
