@@ -317,3 +317,43 @@ def test_orphans_are_reaped_by_the_supervisor_as_pid_1(session_bw):
     )
     ex = session_bw.run(code, timeout=20)
     assert ex.value == "('python3', 0)", ex.output
+
+
+OWNER = """
+import threading, time
+from gptoss_agent.sandbox import open_sandbox
+box = []
+t = threading.Thread(target=lambda: box.append(open_sandbox("bubblewrap", timeout=10)))
+t.start(); t.join()
+ex = box[0].run("import subprocess\\nsubprocess.Popen(['sleep', '%s'], start_new_session=True)")
+assert ex.error is None, ex.output
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_sandbox_dies_with_its_sigkilled_owner():
+    """The owner opened its session from a thread that has ended, then is SIGKILLed: bwrap, the
+    driver and the model's background process are gone within seconds."""
+    import random
+    import time
+
+    from _sandbox_support import bwrap_ready, host_processes_matching
+
+    if bwrap_ready():
+        pytest.skip(bwrap_ready())
+    marker = str(random.randint(10**8, 10**9))
+    owner = subprocess.Popen([sys.executable, "-c", OWNER % marker], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None and owner.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 10
+        while not host_processes_matching(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the Popen returned before its exec of sleep
+        assert host_processes_matching(marker)
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 10
+    while host_processes_matching(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert host_processes_matching(marker) == []

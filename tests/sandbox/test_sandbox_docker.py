@@ -96,7 +96,8 @@ OWNER = """
 import sys, time
 from gptoss_agent.sandbox import open_sandbox
 s = open_sandbox("docker", timeout=10, memory=256 * 2**20)
-s.run("import subprocess\\nsubprocess.Popen(['sleep', '%s'], start_new_session=True)")
+ex = s.run("import subprocess\\nsubprocess.Popen(['sleep', '%s'], start_new_session=True)")
+assert ex.error is None, ex.output
 print(s.container_id, flush=True)
 time.sleep(600)
 """
