@@ -11,9 +11,10 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True, kw_only=True)
 class Limits:
-    """Per-call and per-session limits. Every backend enforces all of them, by its own means
-    (Docker: cgroups and tmpfs sizes; bubblewrap: rlimits, tmpfs sizes, and cgroups where the
-    host lets us create them)."""
+    """Per-call and per-session limits, each backend enforcing them by its own means (Docker:
+    cgroups and tmpfs sizes; bubblewrap: rlimits, tmpfs sizes, and cgroups where the host lets us
+    create them). Where bubblewrap cannot apply one as asked (``memory`` for the whole session and
+    ``cpus`` need a cgroup), the session says so at start, or refuses with ``strict=True``."""
 
     timeout: float = 120.0
     """Wall-clock limit of one ``run`` in seconds (gpt-oss was trained with 120 s)."""
