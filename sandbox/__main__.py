@@ -13,7 +13,7 @@ import docker
 import docker.errors
 
 from .base import SandboxError
-from .image import DEFAULT_IMAGE, build_image, build_rootfs, expected_build_seconds
+from .image import DEFAULT_IMAGE, build_image, build_problem, build_rootfs, expected_build_seconds
 
 
 def _lines(line: str) -> None:
@@ -24,7 +24,10 @@ def build_with_progress(
     client: Any, image: str = DEFAULT_IMAGE, *, method: str = "auto", force: bool = False, console: Any = None
 ) -> None:
     """Build ``image``, drawing a bar against the expected time on ``console`` (a rich
-    ``Console``) when it is a terminal, else printing each step on stderr. Raises ``SandboxError``."""
+    ``Console``) when it is a terminal, else printing each step on stderr. Raises ``SandboxError``
+    (before announcing anything, when no method can build it here)."""
+    if method == "auto" and (problem := build_problem(client)) is not None:
+        raise SandboxError(problem)
     if console is None or not console.is_terminal:
         minutes = max(1, round(expected_build_seconds() / 60))
         _lines(f"building the sandbox image {image} (about {minutes} min, once)")

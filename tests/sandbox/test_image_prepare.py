@@ -82,7 +82,8 @@ def test_the_progress_bar_shows_the_expected_time(monkeypatch, tmp_path):
 
     monkeypatch.setattr(cli, "build_image", fake_build)
     out = io.StringIO()
-    cli.build_with_progress(None, MISSING, console=Console(file=out, force_terminal=True, width=120))
+    console = Console(file=out, force_terminal=True, width=120)
+    cli.build_with_progress(None, MISSING, method="debootstrap", console=console)
     text = out.getvalue()
     assert "of about 2 min 30 s" in text and f"built the sandbox image {MISSING}" in text
 
@@ -129,3 +130,30 @@ def test_the_python_tool_never_builds_inside_a_call(client, monkeypatch, caplog)
         assert tool.session.backend == "bubblewrap"
     (record,) = [r for r in caplog.records if "bubblewrap" in r.getMessage()]
     assert MISSING in record.getMessage() and "build-image" in record.getMessage()
+
+
+def test_build_image_command_without_debootstrap_or_registry_is_one_sentence(client, tmp_path):
+    """`python -m gptoss_agent.sandbox build-image` used to fall back to a Dockerfile build silently
+    and fail with `no such host`."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    bin_dir = tmp_path / "bin"  # a PATH with the usual tools but no debootstrap
+    bin_dir.mkdir()
+    for tool in ("tar", "umount"):
+        if found := shutil.which(tool):
+            (bin_dir / tool).symlink_to(found)
+    env = {**os.environ, "PATH": str(bin_dir), "GPTOSS_SANDBOX_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "-m", "gptoss_agent.sandbox", "build-image", "--image", MISSING],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    (line,) = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert line.startswith("error: the sandbox image cannot be built") and "apt-get install debootstrap" in line
+    assert "Traceback" not in done.stderr and "no such host" not in done.stderr
