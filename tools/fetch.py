@@ -84,7 +84,7 @@ class FetchConfig:
     """Network seam (httpx transport); None opens real connections."""
     ssl_context: ssl.SSLContext | None = None
     """TLS trust for https pages (a company CA, say); None trusts the usual public CAs."""
-    parse_timeout: float = 10.0
+    parse_timeout: float = 20.0
     """Seconds an HTML page may take to turn into text (in a worker process, stopped after)."""
     max_depth: int = 512
     """Tags nested deeper than this are dropped before an HTML page is parsed (text kept)."""

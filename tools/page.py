@@ -296,19 +296,25 @@ class _Worker:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
+        self._ready = False  # the worker says so once it has imported (not counted in a page's time)
 
     def convert(self, html: str, url: str, max_depth: int, timeout: float) -> PageText:
         """The page's text, or ``PageTooComplex`` when ``timeout`` passes or the worker dies."""
         assert self.process.stdin is not None
         request = json.dumps({"html": html, "url": url, "max_depth": max_depth, "cpu": timeout}).encode()
-        deadline = time.monotonic() + timeout
         try:
+            if not self._ready:
+                self._read(1, time.monotonic() + _START_TIMEOUT)
+                self._ready = True
+            deadline = time.monotonic() + timeout
             self.process.stdin.write(len(request).to_bytes(8, "big") + request)
             self.process.stdin.flush()
             size = int.from_bytes(self._read(8, deadline), "big")
             answer = json.loads(self._read(size, deadline))
         except TimeoutError:
             self.close()
+            if not self._ready:
+                raise RuntimeError(f"the HTML worker did not start within {_START_TIMEOUT:g} s") from None
             raise PageTooComplex(f"turning it into text took longer than {timeout:g} s") from None
         except (OSError, EOFError, ValueError):  # a broken pipe or EOF: the worker died or was stopped
             self.close()
@@ -358,6 +364,8 @@ class _Worker:
         return self.process.poll() is None
 
 
+_START_TIMEOUT = 60.0
+"""Seconds a new worker may take to start (imports on a loaded machine); not a page's time."""
 _IDLE: list[_Worker] = []
 _IDLE_LOCK = threading.Lock()
 _MAX_IDLE = 2
@@ -430,6 +438,8 @@ def _serve() -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the agent, which stops us
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdout.write(b"R")  # ready: imports done
+    stdout.flush()
     while header := stdin.read(8):
         request = json.loads(stdin.read(int.from_bytes(header, "big")))
         usage = resource.getrusage(resource.RUSAGE_SELF)
