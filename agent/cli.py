@@ -15,13 +15,16 @@ and exits with status 2; everything else that is not a bug exits 1 with one sent
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import importlib
 import math
 import os
 import re
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -482,7 +485,9 @@ class _CountingEngine:
         self._engine = engine
         self._report = report
 
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
+    def generate(self, *args: Any, deadline: Any = None, **kwargs: Any) -> Any:
+        if deadline is not None:  # the agent passes the run's deadline on to the real engine
+            kwargs["deadline"] = deadline
         inner = iter(self._engine.generate(*args, **kwargs))
         try:
             for n, token in enumerate(inner, 1):
@@ -525,13 +530,49 @@ class _Output:
 
 def _turn(agent: Any, task: str | None, out: _Output) -> RunResult:
     result = None
-    for event in agent.stream(task):
-        out.event(event)
-        if isinstance(event, RunDone):
-            result = event.result
+    with _ctrl_c_stops(agent):
+        for event in agent.stream(task):
+            out.event(event)
+            if isinstance(event, RunDone):
+                result = event.result
     assert result is not None
     out.result(result)
+    if result.stop_reason == "interrupted":
+        path = getattr(agent.transcript, "path", None)
+        where = (
+            f"the session is in {path}; continue it with: gptoss-agent --resume {path}"
+            if path is not None
+            else "no transcript was written (pass --transcript FILE to be able to resume)"
+        )
+        print(f"gptoss-agent: interrupted; {where}", file=sys.stderr, flush=True)
     return result
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops(agent: Any) -> Iterator[None]:
+    """During a run, the first Ctrl-C stops it cleanly (``agent.interrupt()``: the run ends with
+    ``stop_reason=interrupted`` and the transcript records where); a second, during the run or
+    after it, exits at once (status 130)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    presses = 0
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        nonlocal presses
+        presses += 1
+        if presses > 1:
+            os.write(2, b"\ngptoss-agent: interrupted again; exiting now.\n")
+            os._exit(130)
+        os.write(2, b"\ngptoss-agent: stopping the run (Ctrl-C again to exit at once)...\n")
+        agent.interrupt()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        if presses == 0:  # after a first Ctrl-C, the next one (even while closing) exits at once
+            signal.signal(signal.SIGINT, previous)
 
 
 def _chat(agent: Any, out: _Output) -> None:
@@ -569,12 +610,12 @@ def run(argv: Sequence[str] | None = None) -> int:
         engine = _CountingEngine(engine, renderer.tokens)
     agent = _make_agent(args, engine, enc, tools)
     try:
-        if args.resume and agent.messages and args.task is None:
-            _turn(agent, None, out)
+        resuming = bool(args.resume and agent.messages and args.task is None)
+        if resuming and _turn(agent, None, out).stop_reason == "interrupted":
+            return 130
         if args.task is not None:
-            _turn(agent, args.task, out)
-        else:
-            _chat(agent, out)
+            return 130 if _turn(agent, args.task, out).stop_reason == "interrupted" else 0
+        _chat(agent, out)
     finally:
         agent.close()
     return 0

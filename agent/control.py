@@ -30,10 +30,12 @@ end before it touches the engine again.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import contextvars
 import inspect
 import threading
+import weakref
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -194,7 +196,13 @@ class _Producer:
         self.thread = threading.Thread(target=context.run, args=(self._work,), name="agent-engine", daemon=True)
 
     def start(self) -> None:
+        _LIVE.add(self)
         self.thread.start()
+
+    def join(self, timeout: float | None) -> bool:
+        """Stop it and wait (at most ``timeout`` seconds) for its thread to end."""
+        self.stop()
+        return self.done.wait(timeout)
 
     def stop(self) -> None:
         self.deadline.cancel()
@@ -228,6 +236,24 @@ class _Producer:
                 with contextlib.suppress(Exception):
                     close()
             self.done.set()
+
+
+_LIVE: weakref.WeakSet[_Producer] = weakref.WeakSet()
+_EXIT_WAIT = 30.0
+
+
+@atexit.register
+def _stop_engines() -> None:
+    """At exit, let abandoned generations end at their next step: a thread torn down inside
+    the model's native code aborts the process."""
+    for producer in list(_LIVE):
+        producer.join(_EXIT_WAIT)
+
+
+def stop_engine(agent: Agent, timeout: float | None = _EXIT_WAIT) -> bool:
+    """Stop the agent's latest generation and wait for its thread (``Agent.close`` does)."""
+    producer = agent._engine_thread
+    return producer is None or producer.join(timeout)
 
 
 # -- the driver ---------------------------------------------------------------------------------------
@@ -385,9 +411,10 @@ class SyncRunner:
         return result.result()
 
     def close(self) -> None:
-        if self.thread is not None:
+        if self.thread is None:
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        else:
+            asyncio.run_coroutine_threadsafe(self.loop.shutdown_asyncgens(), self.loop).result()
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join()
-        with contextlib.suppress(RuntimeError):
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
         self.loop.close()

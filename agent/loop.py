@@ -65,6 +65,7 @@ from gptoss_agent.agent.control import (
     Stopped,
     SyncRunner,
     drive,
+    stop_engine,
 )
 from gptoss_agent.agent.events import (
     AgentEvent,
@@ -737,7 +738,9 @@ class Agent:
         self.toolbox.reset()
 
     def close(self) -> None:
-        """Close the tools (sandbox sessions, HTTP clients) and the transcript."""
+        """Close the tools (sandbox sessions, HTTP clients) and the transcript; a generation
+        still running after a stopped run is ended at its next step and waited for."""
+        stop_engine(self)
         self.toolbox.close()
         if self.transcript is not None:
             self.transcript.close()

@@ -305,18 +305,21 @@ class Toolbox:
                 )
         future = self._pool.submit(contextvars.copy_context().run, fn)
         try:
-            output = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), limit)
-        except (Exception, SystemExit) as e:  # sys.exit() in a tool ends the call, not the run
-            if isinstance(e, TimeoutError) and not future.done():
-                self._abandon(key, future)
-                assert limit is not None
-                return self._timed_out(route, limit, abandoned=True)
-            return self._failure(route, e)
+            await asyncio.wait({asyncio.wrap_future(future)}, timeout=limit)
         except BaseException:  # cancelled: the thread cannot be stopped, so it is left to finish
             if not future.done():
                 self._abandon(key, future)
             raise
-        return self._normalise(route, output)
+        if not future.done():
+            self._abandon(key, future)
+            assert limit is not None
+            return self._timed_out(route, limit, abandoned=True)
+        error = future.exception()  # (not re-raised here: its traceback stays the tool's own)
+        if error is not None:
+            if not isinstance(error, Exception | SystemExit):  # sys.exit() ends the call, not the run
+                raise error
+            return self._failure(route, error)
+        return self._normalise(route, future.result())
 
     def _abandon(self, key: int, future: concurrent.futures.Future[Any]) -> None:
         self._abandoned[key] = future

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -170,3 +172,177 @@ def test_transcript_matches_the_golden_file(enc, tmp_path):
             f.write(path.read_text())
     with open(golden, encoding="utf-8") as f:
         assert path.read_text() == f.read()
+
+
+def test_resume_after_a_torn_last_line_never_corrupts(enc, tmp_path):
+    """The issue's reproduction: cut the file at points inside its last lines, resume, load again."""
+    path = tmp_path / "whole.jsonl"
+    engine = ScriptedEngine([call("functions.add", '{"a": 1, "b": 2}', think="add"), final("3")], enc=enc)
+    with Agent(engine, [add], enc=enc, date=DATE, transcript=path) as agent:
+        agent.run("1+2?")
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    user_line = next(i for i, line in enumerate(lines) if json.loads(line)["role"] == "user")
+    user_end = sum(len(line) + 1 for line in lines[: user_line + 1])
+    cuts = sorted(random.Random(5).sample(range(user_end + 1, len(data)), 25))
+    for cut in cuts:
+        copy = tmp_path / f"cut{cut}.jsonl"
+        copy.write_bytes(data[:cut])
+        before = load_transcript(copy)
+        resumed = Agent.from_transcript(copy, ScriptedEngine([final("3")], enc=enc, repeat_last=True), [add], enc=enc)
+        resumed.resume() if before[-1].channel != "final" else resumed.run("again")
+        resumed.close()
+        after = load_transcript(copy)  # never TranscriptError
+        assert after[: len(before)] == before and after[-1].channel == "final"
+
+
+def test_fsync_on_request(tmp_path, monkeypatch):
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    with Transcript(tmp_path / "a.jsonl") as plain:
+        plain.append(Message.from_role_and_content(Role.USER, "flushed"))
+    assert synced == []
+    with Transcript(tmp_path / "new" / "b.jsonl", fsync=True) as durable:
+        durable.append(Message.from_role_and_content(Role.USER, "one"))
+        durable.append(Message.from_role_and_content(Role.USER, "two"))
+    assert len(synced) >= 3  # the new file's folder, then each line
+    assert [m.text for m in load_transcript(tmp_path / "new" / "b.jsonl")] == ["one", "two"]
+
+
+ZYGOTE = r"""
+import os, sys, time
+sys.path.insert(0, sys.argv[3])
+from agent_helpers import call, final
+from gptoss_agent.agent import Agent, ScriptedEngine, Transcript, load_transcript
+from gptoss_agent.model import load_tokenizer
+from gptoss_agent.tools import tool
+
+PATH, LOG = sys.argv[1], sys.argv[2]
+enc = load_tokenizer()
+
+
+def log(line):
+    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(fd, (line + "\n").encode())
+    os.close(fd)
+
+
+class Logged(Transcript):
+    def append(self, message):
+        super().append(message)
+        log("appended")  # after the write: everything logged must survive the kill
+
+
+@tool
+def step(n: int) -> str:
+    '''One step of work.
+
+    Args:
+        n: Which step.
+    '''
+    log(f"tool {n}")
+    time.sleep(0.02)
+    return f"step {n} done"
+
+
+def respond(prompt):
+    tail = enc.decode(prompt[-40:])
+    head, _, last = tail.rpartition("<|start|>")
+    previous = head.rpartition("<|start|>")[2]
+    if previous.startswith("functions.step") and "done" in previous:
+        n = int(previous.split("step ")[-1].split(" done")[0])
+        if n >= 2:
+            return final(f"all steps done", think="That was the last step. " * 3)
+        return call("functions.step", '{"n": %d}' % (n + 1), think=f"Now step {n + 1}. " * 4)
+    return call("functions.step", '{"n": 0}', think="Start with step 0. " * 4)
+
+
+class Slow(ScriptedEngine):
+    def _stream(self, *args):
+        for token in super()._stream(*args):
+            time.sleep(0.0005)
+            yield token
+
+
+def child(k):
+    engine = Slow([respond], enc=enc, repeat_last=True)
+    messages = load_transcript(PATH) if os.path.exists(PATH) and os.path.getsize(PATH) else []
+    if messages:
+        agent = Agent.from_transcript(PATH, engine, [step], enc=enc)
+    else:
+        agent = Agent(engine, [step], enc=enc, date="2026-01-02")
+    agent.transcript = Logged(PATH)
+    if messages and messages[-1].channel != "final" and any(m.author.role.value == "user" for m in messages):
+        agent.resume()
+    else:
+        agent.run(f"task {k}")
+
+
+for line in sys.stdin:
+    k = int(line.split()[1])
+    pid = os.fork()
+    if pid == 0:
+        try:
+            child(k)
+        finally:
+            os._exit(0)
+    print(pid, flush=True)
+    _, status = os.waitpid(pid, 0)
+    print(status, flush=True)
+"""
+
+
+def test_sigkill_at_random_points_never_corrupts_and_loses_at_most_one_message(enc, tmp_path):
+    """A real child process (forked from a warm parent) SIGKILLed at random points, 50 times."""
+    path, log = tmp_path / "run.jsonl", tmp_path / "child.log"
+    zygote = subprocess.Popen(
+        [sys.executable, "-c", ZYGOTE, str(path), str(log), os.path.dirname(__file__)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert zygote.stdin is not None and zygote.stdout is not None
+    rng = random.Random(12)
+    kills = mid_tool = 0
+    before: list[Message] = []
+    try:
+        for k in range(200):
+            if kills >= 50:
+                break
+            log.unlink(missing_ok=True)
+            zygote.stdin.write(f"go {k}\n")
+            zygote.stdin.flush()
+            pid = int(zygote.stdout.readline())
+            time.sleep(rng.uniform(0.0, 0.3))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            status = int(zygote.stdout.readline())
+            killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+            kills += killed
+            after = load_transcript(path) if path.exists() else []  # every resume point loads
+            assert after[: len(before)] == before  # nothing written before is lost or changed
+            lines = log.read_text().splitlines() if log.exists() else []
+            reported = lines.count("appended")
+            assert reported <= len(after) - len(before) <= reported + 1  # at most the one in flight
+            if killed and lines and lines[-1].startswith("tool"):
+                mid_tool += 1  # cut off mid-call: the call is the last message, so resume reruns it
+                assert after[-1].recipient == "functions.step"
+            before = after
+        assert kills >= 50 and mid_tool >= 3, (kills, mid_tool)
+        # a last, undisturbed run finishes the session; the whole file loads and renders
+        log.unlink(missing_ok=True)
+        zygote.stdin.write("go 999\n")
+        zygote.stdin.flush()
+        zygote.stdout.readline()
+        assert int(zygote.stdout.readline()) == 0
+    finally:
+        zygote.stdin.close()
+        zygote.wait(timeout=30)
+    final_messages = load_transcript(path)
+    if final_messages[-1].channel != "final":  # the undisturbed run resumed a cut turn: finish the next
+        pytest.fail(f"the last run did not finish its turn: {final_messages[-1].to_dict()}")
+    render_conversation_for_completion(final_messages, Role.ASSISTANT, enc, auto_drop_analysis=False)
+    for i, message in enumerate(final_messages[:-1]):
+        if message.author.role is Role.ASSISTANT and message.recipient is not None:
+            assert final_messages[i + 1].author.role is Role.TOOL  # every call got its (re-run) result
