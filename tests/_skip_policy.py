@@ -20,6 +20,7 @@ CI_PROVIDES = (
     "bwrap",
     "docker",
     "image",
+    "debootstrap",
     "vllm",
     "openssl",
     "setpriv",
