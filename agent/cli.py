@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="gptoss-agent",
         description="Run a gpt-oss agent with a browser, a sandboxed Python and your own tools.",
-        epilog="Without a task: an interactive chat that keeps the session (or one turn per stdin line when piped).",
+        epilog="Without a task: an interactive chat that keeps the session (or one turn per stdin line when piped). "
+        "`gptoss-agent mcp-server --help`: the browser and python for MCP clients.",
     )
     p.add_argument("task", nargs="?", help="what to do (omit for an interactive chat)")
     p.add_argument(
@@ -431,6 +432,12 @@ def build_mcp_servers(specs: Sequence[str], config: str | None) -> list[Any]:
             servers.extend(load_mcp_config(config))
         with ThreadPoolExecutor(max_workers=8) as pool:  # they start side by side
             list(pool.map(lambda server: server.connect(), servers))
+        taken: set[str] = set()
+        for server in servers:  # two servers that report the same name: number the later ones
+            base, n = server.name, 2
+            while server.name in taken:
+                server.name, n = f"{base}_{n}", n + 1
+            taken.add(server.name)
     except (ValueError, MCPConnectionError) as e:
         for server in servers:
             server.close()

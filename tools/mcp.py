@@ -33,6 +33,7 @@ import binascii
 import concurrent.futures
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -414,6 +415,13 @@ class MCPServer:
         reported = getattr(self.server_info, "name", None)
         return _namespace_name(reported or self._default_name)
 
+    @name.setter
+    def name(self, value: str) -> None:
+        """Rename the namespace (before the first render: the rendered prompt keeps its names)."""
+        self._name = _namespace_name(value)
+        if self._spec is not None:
+            self._spec = dataclasses.replace(self._spec, name=self._name)
+
     @property
     def spec(self) -> NamespaceSpec:
         """The namespace as harmony renders it; the first access starts the server and lists its
@@ -730,10 +738,8 @@ class MCPServer:
                 validator = None  # the server's schema is broken: let the server judge the arguments
             description = (t.description or getattr(t, "title", None) or "").strip()
             parameters = harmony_schema(schema)
-            if parameters == {"type": "object"} or (
-                parameters.get("type") == "object" and not parameters.get("properties")
-            ):
-                parameters = None
+            if not parameters.get("properties") and not parameters.get("additionalProperties"):
+                parameters = None  # no arguments: rendered ``() => any``
             tools[name] = _Tool(
                 name=name,
                 server_name=t.name,

@@ -17,11 +17,13 @@ SERVER = str(Path(__file__).with_name("mcp_test_server.py"))
 def test_mcp_flags_build_connected_servers(tmp_path):
     config = tmp_path / "mcp.json"
     config.write_text(json.dumps({"mcpServers": {"calc": {"command": sys.executable, "args": [SERVER]}}}))
-    servers = build_mcp_servers([shlex.join([sys.executable, SERVER])], str(config))
+    command = shlex.join([sys.executable, SERVER])
+    servers = build_mcp_servers([command, command], str(config))
     try:
-        assert [s.name for s in servers] == ["test_server", "calc"]
+        assert [s.name for s in servers] == ["test_server", "test_server_2", "calc"]  # numbered, not clashing
+        assert servers[1].spec.name == "test_server_2"
         assert all(s.server_info is not None for s in servers)  # started and listed already
-        assert "add" in [f.name for f in servers[1].spec.functions]
+        assert "add" in [f.name for f in servers[2].spec.functions]
     finally:
         for s in servers:
             s.close()
