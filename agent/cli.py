@@ -628,7 +628,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-SUBCOMMANDS = {"mcp-server": "gptoss_agent.server.mcp"}
+SUBCOMMANDS = {"mcp-server": "gptoss_agent.server.mcp", "serve": "gptoss_agent.server.api"}
 """``gptoss-agent NAME ...`` runs that module's ``main(argv)`` (loaded only then)."""
 
 

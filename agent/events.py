@@ -55,6 +55,10 @@ class StopReason(StrEnum):
     """The model's context window is full."""
     INTERRUPTED = "interrupted"
     """``Agent.interrupt()`` (the CLI's first Ctrl-C) stopped the run; the transcript records where."""
+    TOOL_CALL = "tool_call"
+    """The model called a tool its caller runs (an ``external`` tool, e.g. a client's function
+    behind the OpenAI-compatible server): the call is the last message; append the tool's
+    message and ``resume()``."""
 
 
 @dataclass

@@ -366,6 +366,16 @@ class Agent:
         """Finish the turn in progress (after ``from_transcript``): ``run(None)``."""
         return self.run(None)
 
+    def load(self, history: Sequence[Message]) -> None:
+        """Continue the conversation ``history`` (user, assistant and tool messages; a leading
+        system or developer message is replaced by this agent's own). Reasoning of finished turns
+        is left out unless ``keep_reasoning``. ``resume()`` then answers its last user message or
+        goes on after its last tool message."""
+        rest = [m for m in history if m.author.role not in (Role.SYSTEM, Role.DEVELOPER)]
+        self.messages = []
+        self._begin()
+        self.messages += rest if self.keep_reasoning else drop_finished_reasoning(rest)
+
     def stream(self, task: str | None = None) -> Generator[AgentEvent, None, None]:
         """Run one user turn, yielding events as they happen; the last is ``RunDone``.
 
@@ -469,7 +479,9 @@ class Agent:
             if outcome.call is None and outcome.answer is None and outcome.last_final is not None:
                 outcome.answer = outcome.last_final  # a final message ended with <|end|>: still the answer
             tool_seconds = 0.0
-            if outcome.call is not None:
+            if outcome.call is not None and self.toolbox.is_external(outcome.call.recipient):
+                reason = ended = StopReason.TOOL_CALL  # its caller runs it, then resumes
+            elif outcome.call is not None:
                 t0 = time.perf_counter()
                 refused = self.constraints.refusal(self.toolbox, step == 1, outcome.call.recipient)
                 stopped = yield from self._call_tool(
@@ -511,6 +523,7 @@ class Agent:
                 StopReason.MAX_TOKENS,
                 StopReason.CONTEXT,
                 StopReason.INTERRUPTED,
+                StopReason.TOOL_CALL,
             ):
                 break
         yield self._done(answer, reason, first_new, calls, usage, step, started)

@@ -388,6 +388,12 @@ class Toolbox:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def is_external(self, recipient: str) -> bool:
+        """Whether the tool behind ``recipient`` is run by the agent's caller, not here (a tool
+        with ``external = True``: the run stops at its call with ``stop_reason=tool_call``)."""
+        route = self.route(recipient)
+        return route is not None and bool(getattr(route.tool, "external", False))
+
     def __contains__(self, recipient: str) -> bool:
         return self.route(recipient) is not None
 
