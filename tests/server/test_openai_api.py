@@ -367,3 +367,24 @@ def test_malformed_model_output_is_not_a_500(serve):
     broken = serve(ScriptedEngine(["not harmony at all"], repeat_last=True), max_steps=2)
     result = broken.responses.create(model="gpt-oss", input="x")
     assert result.status == "incomplete" and "<|" not in (result.output_text or "")
+
+
+def test_the_agents_sdk_runs_its_own_function_tool_through_the_server(serve):
+    """The OpenAI Agents SDK, pointed at the server through ``OpenAIResponsesModel``: the model
+    calls the SDK agent's tool, the SDK runs it and sends the result back, the model answers."""
+    import agents
+
+    agents.set_tracing_disabled(True)
+    client = serve(ScriptedEngine([CALL, after_result]))
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """Current weather for a city."""
+        return f"sunny in {city}"
+
+    model = agents.OpenAIResponsesModel(
+        model="gpt-oss", openai_client=openai.AsyncOpenAI(base_url=str(client.base_url), api_key="sk-test")
+    )
+    agent = agents.Agent(name="weather", instructions="Use the tool.", tools=[get_weather], model=model)
+    result = agents.Runner.run_sync(agent, "Weather in Paris?")
+    assert result.final_output == "reasoning kept: True; sunny in Paris"
