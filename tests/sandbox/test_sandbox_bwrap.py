@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from _sandbox_support import SMALL, MiB, assert_answers, open_backend
 
 pytestmark = pytest.mark.bwrap
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def in_thread(fn):
@@ -198,14 +200,26 @@ def test_as_a_user_the_missing_limits_are_said_and_strict_refuses():
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("needs root and setpriv (util-linux) to become an unused uid")
     limits = {"memory": 384 * MiB, "timeout": 20, "data_disk": 16 * MiB, "tmp_disk": 16 * MiB}
-    done = subprocess.run(
-        [*AS_UNUSED_UID, sys.executable, "-c", USER_SCRIPT, json.dumps(limits), FILL_SHM],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd="/",
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent", "PYTHONPATH": ""},
-    )
+    # The package (standard library only) copied where that uid can read it: a checkout or a
+    # virtual environment under /root would not be.
+    readable = Path(tempfile.mkdtemp(prefix="gptoss-as-user-"))
+    try:
+        readable.chmod(0o755)
+        shutil.copytree(ROOT / "sandbox", readable / "gptoss_agent" / "sandbox")
+        (readable / "gptoss_agent" / "__init__.py").touch()
+        python = (
+            "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else os.path.realpath(sys.executable)
+        )
+        done = subprocess.run(
+            [*AS_UNUSED_UID, python, "-c", USER_SCRIPT, json.dumps(limits), FILL_SHM],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd="/",
+            env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "PYTHONPATH": str(readable)},
+        )
+    finally:
+        shutil.rmtree(readable, ignore_errors=True)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.splitlines()[-1])
     warnings = [line for line in done.stderr.splitlines() if line.startswith("bubblewrap sandbox as uid")]
