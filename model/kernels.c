@@ -1,0 +1,802 @@
+/* The CPU kernels of the local model (loaded and compiled by kernels.py; see its docstring). */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define HAVE_AVX2 1
+#endif
+
+/* FP4 e2m1 values doubled (small integers); the block scale is halved to match: 2^(s-128). */
+static const int8_t LUT2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+static float SCALE[256];
+static void init_scales(void) {
+    if (SCALE[255] != 0.0f) return;
+    for (int s = 0; s < 256; s++) SCALE[s] = ldexpf(1.0f, s - 128);
+}
+
+typedef void (*rows_fn)(void *args, int begin, int end);
+typedef struct { rows_fn fn; void *args; int begin, end; } job_t;
+static void run_job(job_t *j) { if (j->begin < j->end) j->fn(j->args, j->begin, j->end); }
+
+/* ---- a persistent thread pool: starting a thread costs ~90 us here, a decode step makes ~270 calls ----
+ * Workers spin for a while after each job (the next call usually comes within tens of microseconds),
+ * then sleep on a condition variable. One job runs at a time; a forked child starts a fresh pool. */
+#define MAX_THREADS 16
+#define SPIN_SECONDS 3e-4
+static pthread_mutex_t pool_job = PTHREAD_MUTEX_INITIALIZER, pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_cv = PTHREAD_COND_INITIALIZER;
+static atomic_uint pool_gen;
+static atomic_int pool_left;
+static int pool_workers, pool_n, pool_atfork;
+static job_t pool_jobs[MAX_THREADS];
+
+static double mono(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+typedef struct { int id; unsigned seen; } worker_t;
+static worker_t worker_args[MAX_THREADS];
+
+static void *pool_worker(void *p) {
+    int id = ((worker_t *)p)->id;
+    unsigned seen = ((worker_t *)p)->seen, g;
+    for (;;) {
+        double t0 = mono();
+        int spins = 0;
+        while ((g = atomic_load_explicit(&pool_gen, memory_order_acquire)) == seen) {
+            cpu_relax();
+            if (++spins % 256 == 0 && mono() - t0 > SPIN_SECONDS) {
+                pthread_mutex_lock(&pool_mu);
+                while (atomic_load_explicit(&pool_gen, memory_order_acquire) == seen) pthread_cond_wait(&pool_cv, &pool_mu);
+                pthread_mutex_unlock(&pool_mu);
+            }
+        }
+        seen = g;
+        if (id < pool_n) run_job(&pool_jobs[id]);
+        atomic_fetch_sub_explicit(&pool_left, 1, memory_order_acq_rel);
+    }
+    return 0;
+}
+static void pool_after_fork(void) {  /* the child has no workers; its locks may be held by dead threads */
+    pool_workers = 0;
+    pthread_mutex_init(&pool_job, 0);
+    pthread_mutex_init(&pool_mu, 0);
+    pthread_cond_init(&pool_cv, 0);
+}
+
+/* Split rows [0, n) over nthreads threads (the caller runs the first share). */
+static void parallel_rows(rows_fn fn, void *args, int n, int nthreads) {
+    if (nthreads > n) nthreads = n;
+    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
+    int chunk = nthreads > 1 ? (n + nthreads - 1) / nthreads : n;
+    if (nthreads <= 1) {
+        job_t j = {fn, args, 0, n};
+        run_job(&j);
+        return;
+    }
+    pthread_mutex_lock(&pool_job);
+    if (!pool_atfork) pool_atfork = !pthread_atfork(0, 0, pool_after_fork);
+    while (pool_workers < nthreads - 1) {
+        worker_t *w = &worker_args[pool_workers];
+        w->id = pool_workers + 1;
+        w->seen = atomic_load(&pool_gen);
+        pthread_t th;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int failed = pthread_create(&th, &attr, pool_worker, w);
+        pthread_attr_destroy(&attr);
+        if (failed) break;
+        pool_workers++;
+    }
+    if (nthreads > pool_workers + 1) nthreads = pool_workers + 1;
+    for (int i = 0; i < nthreads; i++) {
+        pool_jobs[i].fn = fn; pool_jobs[i].args = args;
+        pool_jobs[i].begin = i * chunk < n ? i * chunk : n;
+        pool_jobs[i].end = (i + 1) * chunk < n ? (i + 1) * chunk : n;
+    }
+    if (nthreads * chunk < n) pool_jobs[nthreads - 1].end = n;  /* fewer workers than asked: the last takes the rest */
+    pool_n = nthreads;
+    atomic_store_explicit(&pool_left, pool_workers, memory_order_release);
+    pthread_mutex_lock(&pool_mu);
+    atomic_fetch_add_explicit(&pool_gen, 1, memory_order_acq_rel);
+    pthread_cond_broadcast(&pool_cv);
+    pthread_mutex_unlock(&pool_mu);
+    run_job(&pool_jobs[0]);
+    while (atomic_load_explicit(&pool_left, memory_order_acquire) > 0) cpu_relax();
+    pthread_mutex_unlock(&pool_job);
+}
+
+#ifdef HAVE_AVX2
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+/* 16 packed bytes -> their low and high nibbles' doubled e2m1 values, as int8. */
+static inline void nibbles(const uint8_t *b, __m128i *lo, __m128i *hi) {
+    const __m128i lut = _mm_loadu_si128((const __m128i *)LUT2);
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    __m128i v = _mm_loadu_si128((const __m128i *)b);
+    *lo = _mm_shuffle_epi8(lut, _mm_and_si128(v, mask));
+    *hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(v, 4), mask));
+}
+/* 16 int8 -> two vectors of 8 floats. */
+static inline void widen16(__m128i v, __m256 *first, __m256 *second) {
+    *first = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+    *second = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8)));
+}
+/* 16 packed bytes -> 32 floats (doubled e2m1), low nibble first. */
+static inline void decode_block(const uint8_t *b, __m256 out[4]) {
+    __m128i lo, hi;
+    nibbles(b, &lo, &hi);
+    widen16(_mm_unpacklo_epi8(lo, hi), &out[0], &out[1]);
+    widen16(_mm_unpackhi_epi8(lo, hi), &out[2], &out[3]);
+}
+/* 16 packed bytes -> 32 floats in split order: the 16 low nibbles, then the 16 high nibbles. */
+static inline void decode_block_split(const uint8_t *b, __m256 out[4]) {
+    __m128i lo, hi;
+    nibbles(b, &lo, &hi);
+    widen16(lo, &out[0], &out[1]);
+    widen16(hi, &out[2], &out[3]);
+}
+#endif
+
+/* ---- y[t, o] = sum_i W[o, i] x[t, i] + bias[o], W packed MXFP4 (out, G, 16) + (out, G) ---- */
+typedef struct { const uint8_t *blocks, *scales; const float *x, *bias; float *y; int T, out, G; const float *xperm; } mx_args;
+
+static void mx_rows(void *p, int begin, int end) {
+    mx_args *a = (mx_args *)p;
+    int G = a->G, in = G * 32, T = a->T;
+    for (int o = begin; o < end; o++) {
+        const uint8_t *b = a->blocks + (size_t)o * G * 16;
+        const uint8_t *s = a->scales + (size_t)o * G;
+#ifdef HAVE_AVX2
+        if (T == 1) {  /* decode: x pre-permuted (even positions first), two groups per step */
+            const float *xp = a->xperm;
+            __m256 c0 = _mm256_setzero_ps(), c1 = c0;
+            int g = 0;
+            for (; g + 2 <= G; g += 2) {
+                __m256 w[4], v[4];
+                decode_block_split(b + g * 16, w);
+                decode_block_split(b + g * 16 + 16, v);
+                const float *xa = xp + g * 32, *xb = xa + 32;
+                __m256 d = _mm256_mul_ps(w[0], _mm256_loadu_ps(xa));
+                __m256 e = _mm256_mul_ps(w[1], _mm256_loadu_ps(xa + 8));
+                d = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xa + 16), d);
+                e = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xa + 24), e);
+                __m256 f = _mm256_mul_ps(v[0], _mm256_loadu_ps(xb));
+                __m256 h = _mm256_mul_ps(v[1], _mm256_loadu_ps(xb + 8));
+                f = _mm256_fmadd_ps(v[2], _mm256_loadu_ps(xb + 16), f);
+                h = _mm256_fmadd_ps(v[3], _mm256_loadu_ps(xb + 24), h);
+                c0 = _mm256_fmadd_ps(_mm256_add_ps(d, e), _mm256_set1_ps(SCALE[s[g]]), c0);
+                c1 = _mm256_fmadd_ps(_mm256_add_ps(f, h), _mm256_set1_ps(SCALE[s[g + 1]]), c1);
+            }
+            for (; g < G; g++) {
+                __m256 w[4];
+                decode_block_split(b + g * 16, w);
+                const float *xa = xp + g * 32;
+                __m256 d = _mm256_mul_ps(w[0], _mm256_loadu_ps(xa));
+                __m256 e = _mm256_mul_ps(w[1], _mm256_loadu_ps(xa + 8));
+                d = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xa + 16), d);
+                e = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xa + 24), e);
+                c0 = _mm256_fmadd_ps(_mm256_add_ps(d, e), _mm256_set1_ps(SCALE[s[g]]), c0);
+            }
+            a->y[o] = hsum(_mm256_add_ps(c0, c1)) + (a->bias ? a->bias[o] : 0.0f);
+            continue;
+        }
+        for (int t0 = 0; t0 < T; t0 += 8) {  /* tokens in tiles of 8: each block decoded once per tile */
+            int tb = T - t0 < 8 ? T - t0 : 8;
+            __m256 acc[8];
+            for (int t = 0; t < tb; t++) acc[t] = _mm256_setzero_ps();
+            for (int g = 0; g < G; g++) {
+                __m256 w[4];
+                decode_block(b + g * 16, w);
+                __m256 sc = _mm256_set1_ps(SCALE[s[g]]);
+                for (int k = 0; k < 4; k++) w[k] = _mm256_mul_ps(w[k], sc);
+                for (int t = 0; t < tb; t++) {
+                    const float *x = a->x + (size_t)(t0 + t) * in + g * 32;
+                    __m256 d = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(x), acc[t]);
+                    __m256 e = _mm256_mul_ps(w[1], _mm256_loadu_ps(x + 8));
+                    d = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(x + 16), d);
+                    e = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(x + 24), e);
+                    acc[t] = _mm256_add_ps(d, e);
+                }
+            }
+            for (int t = 0; t < tb; t++)
+                a->y[(size_t)(t0 + t) * a->out + o] = hsum(acc[t]) + (a->bias ? a->bias[o] : 0.0f);
+        }
+#else
+        for (int t = 0; t < T; t++) {
+            const float *x = a->x + (size_t)t * in;
+            float acc = 0.0f;
+            for (int g = 0; g < G; g++) {
+                float d = 0.0f;
+                for (int j = 0; j < 16; j++) {
+                    uint8_t byte = b[g * 16 + j];
+                    d += LUT2[byte & 15] * x[g * 32 + 2 * j] + LUT2[byte >> 4] * x[g * 32 + 2 * j + 1];
+                }
+                acc += d * SCALE[s[g]];
+            }
+            a->y[(size_t)t * a->out + o] = acc + (a->bias ? a->bias[o] : 0.0f);
+        }
+#endif
+    }
+}
+
+void mxfp4_gemv(const uint8_t *blocks, const uint8_t *scales, const float *x, const float *bias, float *y,
+                int T, int out, int G, int nthreads) {
+    init_scales();
+    float xperm[T == 1 ? G * 32 : 1];
+    if (T == 1)  /* the order decode_block_split produces: per group, even positions then odd */
+        for (int g = 0; g < G; g++)
+            for (int k = 0; k < 16; k++) {
+                xperm[g * 32 + k] = x[g * 32 + 2 * k];
+                xperm[g * 32 + 16 + k] = x[g * 32 + 2 * k + 1];
+            }
+    mx_args a = {blocks, scales, x, bias, y, T, out, G, xperm};
+    parallel_rows(mx_rows, &a, out, out < 64 * nthreads ? 1 : nthreads);
+}
+
+#ifdef HAVE_AVX2
+/* dst[j * dst_stride + i] = src[i * src_stride + j] for an 8 x 8 block (32-byte aligned rows). */
+static inline void transpose8(const float *src, int src_stride, float *dst, int dst_stride) {
+    __m256 r[8], t[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm256_load_ps(src + i * src_stride);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    static const int lo[4] = {0, 1, 2, 3};
+    for (int i = 0; i < 4; i++) {
+        _mm256_store_ps(dst + lo[i] * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+        _mm256_store_ps(dst + (lo[i] + 4) * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+    }
+}
+#endif
+
+/* ---- many tokens: y (T, out) = x (T, in) @ W.T + bias, a packed GEMM that unpacks W a panel at a time ----
+ * Sixteen rows of W are unpacked into a k-major float32 panel (in x 16, in L2) and multiplied with
+ * six tokens at a time, x packed k-major too (in x 6): twelve accumulators, one FMA per weight and token. */
+#define GM_MR 6
+#define GM_NR 16
+typedef struct { const uint8_t *blocks, *scales; const float *xp, *bias; float *y; int T, Tp, out, G; } gm_args;
+
+static void gm_blocks(void *p, int begin, int end) {
+    gm_args *a = (gm_args *)p;
+    int G = a->G, in = G * 32;
+    float *panel = aligned_alloc(32, (size_t)in * GM_NR * sizeof(float));
+    if (!panel) abort();
+    for (int blk = begin; blk < end; blk++) {
+        int o0 = blk * GM_NR, nr = a->out - o0 < GM_NR ? a->out - o0 : GM_NR;
+        for (int g = 0; g < G; g++) {  /* unpack 16 rows x 32 k into the panel, k-major */
+            float row[GM_NR][32] __attribute__((aligned(32)));
+            for (int r = 0; r < GM_NR; r++) {
+                if (r >= nr) { memset(row[r], 0, sizeof(row[r])); continue; }
+                const uint8_t *b = a->blocks + ((size_t)(o0 + r) * G + g) * 16;
+                float sc = SCALE[a->scales[(size_t)(o0 + r) * G + g]];
+#ifdef HAVE_AVX2
+                __m256 w[4];
+                decode_block(b, w);
+                for (int q = 0; q < 4; q++) _mm256_store_ps(row[r] + 8 * q, _mm256_mul_ps(w[q], _mm256_set1_ps(sc)));
+#else
+                for (int j = 0; j < 16; j++) {
+                    row[r][2 * j] = LUT2[b[j] & 15] * sc;
+                    row[r][2 * j + 1] = LUT2[b[j] >> 4] * sc;
+                }
+#endif
+            }
+            float *dst = panel + (size_t)g * 32 * GM_NR;
+#ifdef HAVE_AVX2
+            for (int kb = 0; kb < 32; kb += 8)
+                for (int rb = 0; rb < GM_NR; rb += 8) transpose8(&row[rb][kb], 32, dst + kb * GM_NR + rb, GM_NR);
+#else
+            for (int k = 0; k < 32; k++)
+                for (int r = 0; r < GM_NR; r++) dst[k * GM_NR + r] = row[r][k];
+#endif
+        }
+        for (int t0 = 0; t0 < a->Tp; t0 += GM_MR) {
+            const float *xp = a->xp + (size_t)t0 * in;  /* k-major: xp[k * 6 + t] */
+            float res[GM_MR][GM_NR];
+#ifdef HAVE_AVX2
+            __m256 c[GM_MR][2];
+            for (int t = 0; t < GM_MR; t++) c[t][0] = c[t][1] = _mm256_setzero_ps();
+            for (int k = 0; k < in; k++) {
+                __m256 b0 = _mm256_load_ps(panel + k * GM_NR), b1 = _mm256_load_ps(panel + k * GM_NR + 8);
+                for (int t = 0; t < GM_MR; t++) {
+                    __m256 x = _mm256_broadcast_ss(xp + k * GM_MR + t);
+                    c[t][0] = _mm256_fmadd_ps(x, b0, c[t][0]);
+                    c[t][1] = _mm256_fmadd_ps(x, b1, c[t][1]);
+                }
+            }
+            for (int t = 0; t < GM_MR; t++) {
+                _mm256_storeu_ps(res[t], c[t][0]);
+                _mm256_storeu_ps(res[t] + 8, c[t][1]);
+            }
+#else
+            memset(res, 0, sizeof(res));
+            for (int k = 0; k < in; k++)
+                for (int t = 0; t < GM_MR; t++)
+                    for (int r = 0; r < GM_NR; r++) res[t][r] += xp[k * GM_MR + t] * panel[k * GM_NR + r];
+#endif
+            for (int t = 0; t < GM_MR && t0 + t < a->T; t++)
+                for (int r = 0; r < nr; r++)
+                    a->y[(size_t)(t0 + t) * a->out + o0 + r] = res[t][r] + (a->bias ? a->bias[o0 + r] : 0.0f);
+        }
+    }
+    free(panel);
+}
+
+void mxfp4_gemm(const uint8_t *blocks, const uint8_t *scales, const float *x, const float *bias, float *y,
+                int T, int out, int G, int nthreads) {
+    init_scales();
+    int in = G * 32, Tp = (T + GM_MR - 1) / GM_MR * GM_MR;
+    float *xp = aligned_alloc(32, (size_t)Tp * in * sizeof(float));
+    if (!xp) abort();
+    for (int t0 = 0; t0 < Tp; t0 += GM_MR)  /* pack x k-major per tile of six tokens, zero rows past T */
+        for (int k = 0; k < in; k++)
+            for (int t = 0; t < GM_MR; t++)
+                xp[(size_t)t0 * in + k * GM_MR + t] = t0 + t < T ? x[(size_t)(t0 + t) * in + k] : 0.0f;
+    gm_args a = {blocks, scales, xp, bias, y, T, Tp, out, G};
+    int nblocks = (out + GM_NR - 1) / GM_NR;
+    parallel_rows(gm_blocks, &a, nblocks, nthreads);
+    free(xp);
+}
+
+/* ---- decode with int8 activations: y[o] = sum_g 2^(s-128) * dx[g] * sum_k LUT2[w] * qx[k] + bias[o] ----
+ * x is quantized per 32-element group to int8 (dx = max|x| / 127), the nibbles are decoded to int8 by a
+ * table lookup, and the products are summed in integers (maddubs/madd); only the group scale is float.
+ * qx layout per pair of groups (g, g+1), 64 bytes: even positions of g, even of g+1, odd of g, odd of g+1,
+ * the order a 32-byte load of both groups' packed bytes decodes to; an odd last group: even, then odd. */
+typedef struct { const uint8_t *blocks, *scales; const int8_t *qx; const uint8_t *qa; const float *dx, *bias; float *y; int G; } q8_args;
+
+/* Where group g's even (and odd) positions start in qx. */
+static inline int q8_even(int g, int G) { return g % 2 == 0 && g + 1 == G ? g * 32 : (g - g % 2) * 32 + (g % 2) * 16; }
+static inline int q8_odd(int g, int G) { return q8_even(g, G) + (g % 2 == 0 && g + 1 == G ? 16 : 32); }
+
+/* One group in plain C: the integer dot product of its 32 weights (doubled e2m1) and qx. */
+static inline int q8_group(const uint8_t *b, const int8_t *qx, int g, int G) {
+    const int8_t *qe = qx + q8_even(g, G), *qo = qx + q8_odd(g, G);
+    int sum = 0;
+    for (int j = 0; j < 16; j++) sum += LUT2[b[g * 16 + j] & 15] * qe[j] + LUT2[b[g * 16 + j] >> 4] * qo[j];
+    return sum;
+}
+
+#ifdef HAVE_AVX2
+/* Two groups (g, g+1) at once: 8 int32 partial sums, the low 4 for g, the high 4 for g+1.
+ * maddubs multiplies unsigned by signed bytes: |x| (precomputed) times w with x's sign, |sums| <= 2 * 127 * 12. */
+static inline __m256i q8_pair(const uint8_t *b, const int8_t *q, const uint8_t *qa) {
+    const __m256i lut = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)LUT2));
+    const __m256i mask = _mm256_set1_epi8(0x0F);
+    __m256i v = _mm256_loadu_si256((const __m256i *)b);
+    __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, mask));
+    __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), mask));
+    __m256i ae = _mm256_loadu_si256((const __m256i *)qa), ao = _mm256_loadu_si256((const __m256i *)(qa + 32));
+    __m256i se = _mm256_loadu_si256((const __m256i *)q), so = _mm256_loadu_si256((const __m256i *)(q + 32));
+    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(ae, _mm256_sign_epi8(lo, se)),
+                                 _mm256_maddubs_epi16(ao, _mm256_sign_epi8(hi, so)));
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+/* The block scales of groups g..g+3 as floats 2^(s-127) (exponent bits s), each repeated in 4 lanes:
+ * [g x4, g+1 x4] and [g+2 x4, g+3 x4]. Exponent 0 reads as 0 and 255 as inf (2^-127 and 2^128 exactly). */
+static inline void q8_scales4(const uint8_t *s, __m256 *s01, __m256 *s23) {
+    int32_t four;
+    memcpy(&four, s, 4);
+    __m256i v = _mm256_set1_epi32(four);
+    const __m256i c01 = _mm256_setr_epi8(0, -1, -1, -1, 0, -1, -1, -1, 0, -1, -1, -1, 0, -1, -1, -1,
+                                         1, -1, -1, -1, 1, -1, -1, -1, 1, -1, -1, -1, 1, -1, -1, -1);
+    const __m256i c23 = _mm256_add_epi8(c01, _mm256_setr_epi8(2, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0,
+                                                              2, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0));
+    *s01 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_shuffle_epi8(v, c01), 23));
+    *s23 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_shuffle_epi8(v, c23), 23));
+}
+#endif
+
+static void q8_rows(void *p, int begin, int end) {
+    q8_args *a = (q8_args *)p;
+    int G = a->G;
+    const int8_t *qx = a->qx;
+    const float *dx = a->dx;
+    for (int o = begin; o < end; o++) {
+        const uint8_t *b = a->blocks + (size_t)o * G * 16;
+        const uint8_t *s = a->scales + (size_t)o * G;
+        float r = 0.0f;
+        int g = 0;
+#ifdef HAVE_AVX2
+        const uint8_t *qa = a->qa;
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+        for (; g + 4 <= G; g += 4) {  /* two independent pairs per step; dx is pre-halved: 2^(s-127) * dx/2 */
+            _mm_prefetch((const char *)(b + g * 16 + 1024), _MM_HINT_T0);
+            __m256 s01, s23;
+            q8_scales4(s + g, &s01, &s23);
+            __m256 f0 = _mm256_cvtepi32_ps(q8_pair(b + g * 16, qx + g * 32, qa + g * 32));
+            __m256 f1 = _mm256_cvtepi32_ps(q8_pair(b + g * 16 + 32, qx + g * 32 + 64, qa + g * 32 + 64));
+            acc0 = _mm256_fmadd_ps(f0, _mm256_mul_ps(s01, _mm256_loadu_ps(dx + g * 4)), acc0);
+            acc1 = _mm256_fmadd_ps(f1, _mm256_mul_ps(s23, _mm256_loadu_ps(dx + g * 4 + 8)), acc1);
+        }
+        if (g + 2 <= G) {
+            __m256 sc = _mm256_set_m128(_mm_set1_ps(SCALE[s[g + 1]]), _mm_set1_ps(SCALE[s[g]]));
+            __m256 f0 = _mm256_cvtepi32_ps(q8_pair(b + g * 16, qx + g * 32, qa + g * 32));
+            acc0 = _mm256_fmadd_ps(f0, _mm256_mul_ps(_mm256_add_ps(sc, sc), _mm256_loadu_ps(dx + g * 4)), acc0);
+            g += 2;
+        }
+        r = hsum(_mm256_add_ps(acc0, acc1));
+#endif
+        for (; g < G; g++) r += (float)q8_group(b, qx, g, G) * (dx[g * 4] * (2.0f * SCALE[s[g]]));
+        a->y[o] = r + (a->bias ? a->bias[o] : 0.0f);
+    }
+}
+
+void mxfp4_gemv_q8(const uint8_t *blocks, const uint8_t *scales, const float *x, const float *bias, float *y,
+                   int out, int G, int nthreads) {
+    init_scales();
+    int8_t qx[G * 32];
+    uint8_t qa[G * 32];  /* |qx| */
+    float dx[G * 4 + 4];  /* each group's scale / 2, four times (one per int32 lane), padded for the pair loads */
+    for (int g = 0; g < G; g++) {
+        const float *xg = x + g * 32;
+        int32_t q[32];
+        float amax = 0.0f;
+#ifdef HAVE_AVX2
+        const __m256 nosign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+        __m256 m = _mm256_setzero_ps();
+        for (int k = 0; k < 32; k += 8) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(xg + k), nosign));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+        __m256 inv8 = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+        for (int k = 0; k < 32; k += 8)  /* rounds to nearest even, as lrintf */
+            _mm256_storeu_si256((__m256i *)(q + k), _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + k), inv8)));
+#else
+        for (int k = 0; k < 32; k++) amax = fmaxf(amax, fabsf(xg[k]));
+        float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        for (int k = 0; k < 32; k++) q[k] = (int32_t)lrintf(xg[k] * inv);
+#endif
+        for (int k = 0; k < 4; k++) dx[g * 4 + k] = amax / 254.0f;
+        int e = q8_even(g, G), od = q8_odd(g, G);
+        for (int k = 0; k < 16; k++) {
+            qx[e + k] = (int8_t)q[2 * k];
+            qx[od + k] = (int8_t)q[2 * k + 1];
+            qa[e + k] = (uint8_t)abs(q[2 * k]);
+            qa[od + k] = (uint8_t)abs(q[2 * k + 1]);
+        }
+    }
+    for (int k = 0; k < 4; k++) dx[G * 4 + k] = 0.0f;
+    q8_args a = {blocks, scales, qx, qa, dx, bias, y, G};
+    parallel_rows(q8_rows, &a, out, out < 64 * nthreads ? 1 : nthreads);
+}
+
+/* ---- y[t, o] = sum_i W[o, i] x[t, i] + bias[o], W bf16 (out, in) ---- */
+typedef struct { const uint16_t *w; const float *x, *bias; float *y; int T, out, in; } bf_args;
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static void bf_rows(void *p, int begin, int end) {
+    bf_args *a = (bf_args *)p;
+    int in = a->in, T = a->T;
+    for (int o = begin; o < end; o++) {
+        const uint16_t *w = a->w + (size_t)o * in;
+        float bias = a->bias ? a->bias[o] : 0.0f;
+#ifdef HAVE_AVX2
+#define BF16X8(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
+        if (T == 1) {  /* decode: four independent accumulators */
+            const float *x = a->x;
+            __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+            int i = 0;
+            for (; i + 32 <= in; i += 32) {
+                c0 = _mm256_fmadd_ps(BF16X8(w + i), _mm256_loadu_ps(x + i), c0);
+                c1 = _mm256_fmadd_ps(BF16X8(w + i + 8), _mm256_loadu_ps(x + i + 8), c1);
+                c2 = _mm256_fmadd_ps(BF16X8(w + i + 16), _mm256_loadu_ps(x + i + 16), c2);
+                c3 = _mm256_fmadd_ps(BF16X8(w + i + 24), _mm256_loadu_ps(x + i + 24), c3);
+            }
+            float r = hsum(_mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3)));
+            for (; i < in; i++) r += bf16_to_f32(w[i]) * x[i];
+            a->y[o] = r + bias;
+            continue;
+        }
+        for (int t0 = 0; t0 < T; t0 += 8) {  /* tokens in tiles of 8 */
+            int tb = T - t0 < 8 ? T - t0 : 8;
+            __m256 acc[8];
+            for (int t = 0; t < tb; t++) acc[t] = _mm256_setzero_ps();
+            int j = 0;
+            for (; j + 8 <= in; j += 8) {
+                __m256 wf = BF16X8(w + j);
+                for (int t = 0; t < tb; t++)
+                    acc[t] = _mm256_fmadd_ps(wf, _mm256_loadu_ps(a->x + (size_t)(t0 + t) * in + j), acc[t]);
+            }
+            for (int t = 0; t < tb; t++) {
+                float r = hsum(acc[t]);
+                for (int k = j; k < in; k++) r += bf16_to_f32(w[k]) * a->x[(size_t)(t0 + t) * in + k];
+                a->y[(size_t)(t0 + t) * a->out + o] = r + bias;
+            }
+        }
+#else
+        for (int t = 0; t < T; t++) {
+            float r = 0.0f;
+            for (int k = 0; k < in; k++) r += bf16_to_f32(w[k]) * a->x[(size_t)t * in + k];
+            a->y[(size_t)t * a->out + o] = r + bias;
+        }
+#endif
+    }
+}
+
+void bf16_gemv(const uint16_t *w, const float *x, const float *bias, float *y, int T, int out, int in, int nthreads) {
+    bf_args a = {w, x, bias, y, T, out, in};
+    parallel_rows(bf_rows, &a, out, out < 64 * nthreads ? 1 : nthreads);
+}
+
+/* ---- causal grouped-query attention with a sink logit per head, one query row at a time ----
+ * q (T, n_kv * rep, d), k and v (rows, n_kv, d), out (T, n_kv * rep, d). Query t sits at key row
+ * pos0 + t and sees rows [first, pos0 + t] (first = that minus window - 1, or 0 without a window).
+ * Online softmax over tiles of keys (the sink starts the running max with an empty value); no score
+ * matrix, no mask, no copy of the cache. Jobs are (group, row) pairs, groups outermost. */
+typedef struct { const float *q; const void *k, *v; const float *sinks; float *out; int first, rows, n_kv, rep, d, kv_bf16; float scale; } at_args;
+typedef struct { at_args a; int T, pos0, window, per_job; } at_call;
+
+#define AT_TILE 32
+#ifdef HAVE_AVX2
+/* e^x for x <= 0 (Cephes' polynomial; relative error ~2e-7); below -87 it flushes towards 0. */
+static inline __m256 exp_neg(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    __m256 fx = _mm256_round_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)),
+                                _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+#endif
+
+#ifdef HAVE_AVX2
+/* Eight vectors -> one vector of their eight horizontal sums, in order. */
+static inline __m256 hsum8(const __m256 v[8]) {
+    __m256 t0 = _mm256_hadd_ps(v[0], v[1]), t1 = _mm256_hadd_ps(v[2], v[3]);
+    __m256 t2 = _mm256_hadd_ps(v[4], v[5]), t3 = _mm256_hadd_ps(v[6], v[7]);
+    __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+/* head_dim 64 (every gpt-oss size): up to eight query heads of one KV group per unit, one head per
+ * lane, so the scores of a key for all eight heads form one vector (running max, exp and sums are
+ * vector ops). A job runs the units of several groups tile by tile, so that each key row is read
+ * as one contiguous stretch rather than once per group. */
+typedef struct {
+    const float *q[8];
+    int g, h0, nh;
+    __m256 m8, l8;
+    float acc[8][64];
+} at_unit;
+
+static void at_unit_init(at_unit *u, const at_args *a, int g, int h0, int nh) {
+    static const float zero[64];
+    float sinks[8];
+    u->g = g, u->h0 = h0, u->nh = nh;
+    for (int r = 0; r < 8; r++) {
+        u->q[r] = r < nh ? a->q + ((size_t)g * a->rep + h0 + r) * 64 : zero;
+        sinks[r] = r < nh ? a->sinks[g * a->rep + h0 + r] : 0.0f;
+    }
+    u->m8 = _mm256_loadu_ps(sinks);
+    u->l8 = _mm256_set1_ps(1.0f);
+    memset(u->acc, 0, sizeof(u->acc));
+}
+
+/* Rows s0..s0+n of one group's keys or values (float32 or bf16 cache), as float32 rows of 64. The copy also
+ * keeps the tile in L1: rows 2 KB apart share a few L1 sets and were evicted between heads (3x slower). */
+static void at_rows64(const void *base, int bf16, size_t first, int stride, int n, float (*dst)[64]) {
+    for (int j = 0; j < n; j++) {
+        size_t at = first + (size_t)j * stride;
+        for (int c = 0; c < 64; c += 8)
+            _mm256_store_ps(dst[j] + c, bf16 ? BF16X8((const uint16_t *)base + at + c) : _mm256_loadu_ps((const float *)base + at + c));
+    }
+}
+
+static void at_unit_tile(at_unit *u, const at_args *a, int s0, int n) {
+    const int stride = a->n_kv * 64;
+    const size_t first = (size_t)s0 * stride + u->g * 64;
+    float kt[AT_TILE][64] __attribute__((aligned(32))), vt[AT_TILE][64] __attribute__((aligned(32)));
+    at_rows64(a->k, a->kv_bf16, first, stride, n, kt);
+    float p[AT_TILE][8], corr_s[8];
+    __m256 tmax = u->m8, scale = _mm256_set1_ps(a->scale);
+    for (int j = 0; j < n; j++) {
+        const float *kj = kt[j];
+        __m256 dot[8];
+        for (int r = 0; r < 8; r++) dot[r] = _mm256_setzero_ps();
+        for (int c = 0; c < 64; c += 8) {
+            __m256 kc = _mm256_load_ps(kj + c);
+            for (int r = 0; r < 8; r++) dot[r] = _mm256_fmadd_ps(_mm256_loadu_ps(u->q[r] + c), kc, dot[r]);
+        }
+        __m256 sc = _mm256_mul_ps(hsum8(dot), scale);
+        _mm256_storeu_ps(p[j], sc);
+        tmax = _mm256_max_ps(tmax, sc);
+    }
+    __m256 corr = exp_neg(_mm256_sub_ps(u->m8, tmax)), sum = _mm256_setzero_ps();
+    u->m8 = tmax;
+    for (int j = 0; j < n; j++) {
+        __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(p[j]), tmax));
+        _mm256_storeu_ps(p[j], e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    u->l8 = _mm256_fmadd_ps(u->l8, corr, sum);
+    _mm256_storeu_ps(corr_s, corr);
+    at_rows64(a->v, a->kv_bf16, first, stride, n, vt);
+    for (int r = 0; r < u->nh; r++) {
+        __m256 o[8], cr = _mm256_set1_ps(corr_s[r]);
+        for (int c = 0; c < 8; c++) o[c] = _mm256_mul_ps(_mm256_loadu_ps(u->acc[r] + 8 * c), cr);
+        for (int j = 0; j < n; j++) {
+            __m256 pj = _mm256_set1_ps(p[j][r]);
+            for (int c = 0; c < 8; c++) o[c] = _mm256_fmadd_ps(pj, _mm256_load_ps(vt[j] + 8 * c), o[c]);
+        }
+        for (int c = 0; c < 8; c++) _mm256_storeu_ps(u->acc[r] + 8 * c, o[c]);
+    }
+}
+
+static void at_unit_store(const at_unit *u, const at_args *a) {
+    float inv[8];
+    _mm256_storeu_ps(inv, _mm256_div_ps(_mm256_set1_ps(1.0f), u->l8));
+    for (int r = 0; r < u->nh; r++) {
+        float *out = a->out + ((size_t)u->g * a->rep + u->h0 + r) * 64;
+        for (int c = 0; c < 64; c += 8)
+            _mm256_storeu_ps(out + c, _mm256_mul_ps(_mm256_loadu_ps(u->acc[r] + c), _mm256_set1_ps(inv[r])));
+    }
+}
+
+/* Groups [g0, g1) of one query row. */
+static void at_groups64(const at_args *a, int g0, int g1) {
+    int per = (a->rep + 7) / 8, nu = 0;
+    at_unit *units = aligned_alloc(32, sizeof(at_unit) * (size_t)(g1 - g0) * per);
+    if (!units) abort();
+    for (int g = g0; g < g1; g++)
+        for (int h0 = 0; h0 < a->rep; h0 += 8) at_unit_init(&units[nu++], a, g, h0, a->rep - h0 < 8 ? a->rep - h0 : 8);
+    const int stride = a->n_kv * 64, span = (g1 - g0) * 64;
+    for (int s0 = a->first; s0 < a->rows; s0 += AT_TILE) {
+        int n = a->rows - s0 < AT_TILE ? a->rows - s0 : AT_TILE;
+        for (int j = s0 + AT_TILE; j < s0 + 2 * AT_TILE && j < a->rows; j++)  /* the next tile's rows */
+            for (int c = 0; c < span; c += 16) {
+                size_t at = ((size_t)j * stride + g0 * 64 + c) * (a->kv_bf16 ? 2 : 4);
+                _mm_prefetch((const char *)a->k + at, _MM_HINT_T0);
+                _mm_prefetch((const char *)a->v + at, _MM_HINT_T0);
+            }
+        for (int i = 0; i < nu; i++) at_unit_tile(&units[i], a, s0, n);
+    }
+    for (int i = 0; i < nu; i++) at_unit_store(&units[i], a);
+    free(units);
+}
+#endif
+
+static void at_group(const at_args *a, int g) {
+    int d = a->d, rep = a->rep, stride = a->n_kv * d;
+    float acc[rep * d], m[rep], l[rep], sc[rep * AT_TILE];
+    const float *q = a->q + (size_t)g * rep * d;
+    for (int r = 0; r < rep; r++) {
+        m[r] = a->sinks[g * rep + r];
+        l[r] = 1.0f;
+    }
+    memset(acc, 0, sizeof(acc));
+    for (int s0 = a->first; s0 < a->rows; s0 += AT_TILE) {
+        int n = a->rows - s0 < AT_TILE ? a->rows - s0 : AT_TILE;
+        const float *k = (const float *)a->k + (size_t)s0 * stride + g * d, *v = (const float *)a->v + (size_t)s0 * stride + g * d;
+        for (int r = 0; r < rep; r++) {
+            const float *qr = q + r * d;
+            float *sr = sc + r * AT_TILE, mt = m[r];
+            for (int j = 0; j < n; j++) {
+                const float *kj = k + (size_t)j * stride;
+                float dot = 0.0f;
+                int i = 0;
+#ifdef HAVE_AVX2
+                __m256 c0 = _mm256_setzero_ps(), c1 = c0;
+                for (; i + 16 <= d; i += 16) {
+                    c0 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + i), _mm256_loadu_ps(kj + i), c0);
+                    c1 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + i + 8), _mm256_loadu_ps(kj + i + 8), c1);
+                }
+                dot = hsum(_mm256_add_ps(c0, c1));
+#endif
+                for (; i < d; i++) dot += qr[i] * kj[i];
+                sr[j] = dot * a->scale;
+                mt = sr[j] > mt ? sr[j] : mt;
+            }
+            float corr = expf(m[r] - mt), sum = 0.0f;
+            int j = 0;
+#ifdef HAVE_AVX2
+            __m256 s8 = _mm256_setzero_ps(), mt8 = _mm256_set1_ps(mt);
+            for (; j + 8 <= n; j += 8) {
+                __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(sr + j), mt8));
+                _mm256_storeu_ps(sr + j, e);
+                s8 = _mm256_add_ps(s8, e);
+            }
+            sum = hsum(s8);
+#endif
+            for (; j < n; j++) {
+                sr[j] = expf(sr[j] - mt);
+                sum += sr[j];
+            }
+            l[r] = l[r] * corr + sum;
+            m[r] = mt;
+            float *ar = acc + r * d;
+            int i = 0;
+#ifdef HAVE_AVX2
+            for (; i + 8 <= d; i += 8) {
+                __m256 o = _mm256_mul_ps(_mm256_loadu_ps(ar + i), _mm256_set1_ps(corr));
+                for (int jj = 0; jj < n; jj++)
+                    o = _mm256_fmadd_ps(_mm256_set1_ps(sr[jj]), _mm256_loadu_ps(v + (size_t)jj * stride + i), o);
+                _mm256_storeu_ps(ar + i, o);
+            }
+#endif
+            for (; i < d; i++) {
+                float o = ar[i] * corr;
+                for (int jj = 0; jj < n; jj++) o += sr[jj] * v[(size_t)jj * stride + i];
+                ar[i] = o;
+            }
+        }
+    }
+    for (int r = 0; r < rep; r++)
+        for (int i = 0; i < d; i++) a->out[((size_t)g * rep + r) * d + i] = acc[r * d + i] / l[r];
+}
+
+static void at_jobs(void *p, int begin, int end) {
+    const at_call *c = (const at_call *)p;
+    size_t row = (size_t)c->a.n_kv * c->a.rep * c->a.d;
+    for (int j = begin; j < end; j++) {
+        int chunk = j / c->T, t = j % c->T;
+        int g0 = chunk * c->per_job, g1 = g0 + c->per_job < c->a.n_kv ? g0 + c->per_job : c->a.n_kv;
+        at_args a = c->a;
+        a.q += t * row;
+        a.out += t * row;
+        a.rows = c->pos0 + t + 1;
+        a.first = c->window > 0 && a.rows > c->window ? a.rows - c->window : 0;
+#ifdef HAVE_AVX2
+        if (a.d == 64) {
+            at_groups64(&a, g0, g1);
+            continue;
+        }
+#endif
+        for (int g = g0; g < g1; g++) at_group(&a, g);
+    }
+}
+
+int has_avx2(void) {
+#ifdef HAVE_AVX2
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+void attention_rows(const float *q, const void *k, const void *v, int kv_bf16, const float *sinks, float *out,
+                    int T, int pos0, int window, int n_kv, int rep, int d, float scale, int nthreads) {
+    /* split over threads only when there is enough to read; each thread takes a share of the groups */
+    if ((size_t)T * (pos0 + 1) * n_kv * d < 65536 || nthreads < 1) nthreads = 1;
+    int chunks = nthreads < n_kv ? nthreads : n_kv, per_job = (n_kv + chunks - 1) / chunks;
+    chunks = (n_kv + per_job - 1) / per_job;
+    at_call c = {{q, k, v, sinks, out, 0, 0, n_kv, rep, d, kv_bf16, scale}, T, pos0, window, per_job};
+    parallel_rows(at_jobs, &c, chunks * T, nthreads);
+}
