@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         metavar="PATH|URL",
-        help="a checkpoint directory (original or Hugging Face format) or a vLLM server URL; "
+        help="a checkpoint directory (original or Hugging Face format), a vLLM server URL, or 'demo' "
+        "(the small demo model in the package); "
         f"default: $GPTOSS_MODEL, else {HF_REPO} from the Hugging Face cache (downloaded on first use)",
     )
     p.add_argument(
@@ -252,6 +253,8 @@ def _checkpoint_in(snapshot: Path) -> Path | None:
 def resolve_model(model: str | None) -> str:
     """The checkpoint or URL to load: ``--model``, else ``$GPTOSS_MODEL``, else gpt-oss-20b from the
     Hugging Face cache, downloading it first when ``huggingface_hub`` is installed and online."""
+    if model == "demo" and not Path(model).exists():
+        return _demo_model()
     if model:
         if not model.startswith(("http://", "https://")) and not Path(model).exists():
             raise UserError(
@@ -268,10 +271,21 @@ def resolve_model(model: str | None) -> str:
     return _download()
 
 
+def _demo_model() -> str:
+    """The small demo model shipped in the package (unpacked into the cache on first use)."""
+    from gptoss_agent.model.demo.pack import demo_checkpoint
+
+    try:
+        return str(demo_checkpoint())
+    except (FileNotFoundError, OSError) as e:
+        raise UserError(str(e)) from None
+
+
 def _download() -> str:
     how = (
-        f"no model: pass --model PATH|URL, set GPTOSS_MODEL, or download {HF_REPO} "
-        f"(pip install huggingface_hub; huggingface-cli download {HF_REPO} --include 'original/*')"
+        f"no model: {HF_REPO} was not found and cannot be downloaded; pass --model PATH|URL, set "
+        f"GPTOSS_MODEL, download it (pip install huggingface_hub; huggingface-cli download {HF_REPO} "
+        "--include 'original/*'), or try the small demo model with --model demo"
     )
     try:
         hub: Any = importlib.import_module("huggingface_hub")

@@ -732,9 +732,17 @@ def load_engine(
 
     ``progress=True`` shows a progress bar and prints a one-line summary on stderr (for command
     lines); a callable receives ``(done, total, what)`` instead. A wrong or incomplete directory
-    raises ``CheckpointError`` naming what is missing.
+    raises ``CheckpointError`` naming what is missing. ``"demo"`` is the small demo model shipped
+    in the package (``gptoss_agent.model.demo``), unpacked into the cache on first use.
     """
     target = str(path_or_url)
+    if target == "demo" and not Path(target).is_dir():
+        from gptoss_agent.model.demo.pack import demo_checkpoint
+
+        try:
+            target = str(demo_checkpoint())
+        except FileNotFoundError as e:
+            raise CheckpointError(str(e)) from None
     if target.startswith(("http://", "https://")):
         from gptoss_agent.model.remote import RemoteEngine
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 
-def _log(path: str | None):  # type: ignore[no-untyped-def]
+def _log(path: str | None) -> Callable[[str], None]:
     f = open(path, "a", buffering=1) if path else None  # noqa: SIM115
 
     def log(line: str) -> None:
@@ -34,6 +35,20 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--max-steps", type=int)
     t.add_argument("--model", default="", help="ModelConfig overrides as JSON, e.g. '{\"hidden_size\": 384}'")
     t.add_argument("--log", help="append the log to this file instead of stdout")
+    k = sub.add_parser("pack", help="export a training state as the shipped checkpoint archive")
+    k.add_argument("state", help="OUT/state.pt of a training run")
+    k.add_argument("archive", nargs="?", help="default: the package's demo-checkpoint.tar.xz")
+    k.add_argument("--dir", help="also write the unpacked checkpoint directory here")
+    sub.add_parser("path", help="unpack the shipped checkpoint (once) and print its directory")
+    e = sub.add_parser("eval", help="accuracy on the held-out split through the real Agent and tools")
+    e.add_argument("checkpoint", nargs="?", help="a checkpoint directory (default: the shipped one)")
+    e.add_argument("--n", type=int, default=100, help="cases per skill")
+    e.add_argument("--seed", type=int, default=1)
+    e.add_argument("--skills", default="python,functions,browser")
+    e.add_argument("--sandbox", default="auto")
+    e.add_argument("--url", help="evaluate a vLLM server serving the same weights instead")
+    e.add_argument("--log", help="append failures and progress to this file")
+    e.add_argument("--json", help="write every case's result to this file")
     args = p.parse_args(argv)
     if args.command == "train":
         from gptoss_agent.model.demo.train import TrainConfig, train
@@ -49,6 +64,41 @@ def main(argv: list[str] | None = None) -> int:
             max_steps=args.max_steps, model=json.loads(args.model) if args.model else {},
         )  # fmt: skip
         train(args.out, cfg, log=_log(args.log))
+        return 0
+    if args.command == "pack":
+        from gptoss_agent.model.demo.pack import ARCHIVE, export, pack
+
+        out = pack(args.state, args.archive or ARCHIVE)
+        if args.dir:
+            export(args.state, args.dir)
+        print(f"{out}: {out.stat().st_size / 2**20:.2f} MiB")
+        return 0
+    if args.command == "path":
+        from gptoss_agent.model.demo.pack import demo_checkpoint
+
+        try:
+            print(demo_checkpoint())
+        except FileNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "eval":
+        from dataclasses import asdict
+
+        from gptoss_agent.model.demo.evaluate import evaluate, format_table
+
+        engine = None
+        if args.url:
+            from gptoss_agent.model.local import load_engine
+
+            engine = load_engine(args.url)
+        skills = tuple(s.strip() for s in args.skills.split(",") if s.strip())
+        results = evaluate(args.checkpoint, n=args.n, seed=args.seed, skills=skills, sandbox=args.sandbox,
+                           engine=engine, log=_log(args.log))  # fmt: skip
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump([asdict(r) for r in results], f, default=str, indent=1)
+        print(format_table(results))
         return 0
     return 2
 

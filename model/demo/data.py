@@ -309,7 +309,7 @@ class Generator:
         day = dt.date(2024, 7, 1) + dt.timedelta(days=rng.randrange(365 * 3))
         effort = rng.choices(_EFFORTS, weights=[1, 1.5, 1])[0]
         if skill == "python":
-            builtins = rng.choices([("browser", "python"), ("python",)], weights=[3, 2])[0]
+            builtins = rng.choices([("browser", "python"), ("python",)], weights=[1, 2])[0]
             functions = "functions" in self.skills and rng.random() < 0.25
         elif skill == "functions":
             builtins = rng.choices([(), ("python",), ("browser", "python")], weights=[3, 1, 1])[0]

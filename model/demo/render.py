@@ -100,7 +100,7 @@ def items_of(head: Sequence[Message], steps: Sequence[Step], enc: object, skill:
     history = list(head)
     items = []
     for step in steps:
-        context = render_conversation_for_completion(history, Role.ASSISTANT, enc, auto_drop_analysis=False)  # type: ignore[arg-type]
+        context = render_conversation_for_completion(history, Role.ASSISTANT, enc, auto_drop_analysis=False)
         items.append(Item(context=context, target=generated_tokens(step.messages, enc), skill=skill))
         history += step.messages
         if step.tool_reply is not None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -203,6 +205,9 @@ class DemoModel(nn.Module):
         own = (k, v)
         if prefix is not None:
             pk, pv = prefix
+            if cfg.is_sliding(i):  # keys further back than the band are never seen: leave them out
+                keep = max(0, cfg.sliding_window - 1)
+                pk, pv = pk[:, -keep:], pv[:, -keep:]
             k = torch.cat([pk.expand(bsz, -1, -1, -1), k], dim=1)
             v = torch.cat([pv.expand(bsz, -1, -1, -1), v], dim=1)
         s = k.shape[1]
@@ -272,6 +277,7 @@ class Batch:
     prefix: torch.Tensor  # (P,) compact ids of the shared system message
     tokens: torch.Tensor  # (B, T) compact ids after the prefix
     targets: torch.Tensor  # (B, T) next compact id, -100 where no loss
+    weights: torch.Tensor  # (B, T) loss weight of each target (digits count more)
     skill: str
     n_items: int
 
@@ -308,6 +314,15 @@ class Vocab:
         return [index[t] for t in ids]
 
 
+def _digit_ids(enc: Any) -> frozenset[int]:
+    """The ids of digit runs (``7``, ``42``, ``974``): copying them exactly is the hard part."""
+    ids = set()
+    for n in range(1000):
+        for s in (str(n), f"{n:02d}", f"{n:03d}"):
+            ids.update(enc.encode_ordinary(s))
+    return frozenset(ids)
+
+
 def base_token_ids(enc: Any) -> list[int]:
     """Ids every vocabulary gets: harmony's specials, all 1-3 digit numbers, printable ASCII."""
     from gptoss_agent.agent import harmony
@@ -341,12 +356,14 @@ class TrainConfig:
     max_items: int = 48
     capacity: int = 8192
     """Rows of the compact vocabulary."""
+    digit_weight: float = 3.0
+    """Loss weight of digit tokens in the targets (numbers must be copied exactly)."""
     skills: tuple[str, ...] = ("python",)
     weights: dict[str, float] = field(default_factory=lambda: {"python": 1.0})
     """Share of batches per skill."""
     qat_from: float = 0.85
     """Fraction of the budget after which the forward pass uses the shipped precision."""
-    save_minutes: float = 5.0
+    save_minutes: float = 3.0
     threads: int = 2
     model: dict[str, Any] = field(default_factory=dict)
     """Overrides of ``DEMO_CONFIG`` fields."""
@@ -357,18 +374,23 @@ class TrainConfig:
 def _batches(gen: Any, vocab: Vocab, cfg: TrainConfig, rng: random.Random, stats: dict[str, int]) -> Iterator[Batch]:
     from gptoss_agent.agent.harmony import render_conversation
 
+    digits = _digit_ids(gen.enc)
     skills = [s for s in cfg.skills if cfg.weights.get(s, 0) > 0]
     weights = [cfg.weights[s] for s in skills]
     while True:
         skill = rng.choices(skills, weights=weights)[0]
         setting = gen.setting(rng, skill)
-        items = []
+        items: list[Any] = []
         longest = 0
         prefix_ids: list[int] | None = None
         tries = 0
         while tries < 4 * cfg.max_items:
             tries += 1
-            conv = gen.conversation(rng, setting, skill)
+            try:
+                conv = gen.conversation(rng, setting, skill)
+            except RuntimeError:  # the in-process browser failed (a worker timed out on a loaded machine)
+                stats["failed"] = stats.get("failed", 0) + 1
+                continue
             if prefix_ids is None:
                 has_fn = len(conv.head) > 2
                 prefix_ids = render_conversation(conv.head[:1], gen.enc) if not has_fn else None
@@ -393,18 +415,23 @@ def _batches(gen: Any, vocab: Vocab, cfg: TrainConfig, rng: random.Random, stats
             longest = max(longest, n)
             if len(items) >= cfg.max_items:
                 break
-        assert prefix_ids is not None
+        if prefix_ids is None or not items:
+            continue
         p = len(prefix_ids)
         t = longest
         tokens = torch.zeros(len(items), t, dtype=torch.long)
         targets = torch.full((len(items), t), -100, dtype=torch.long)
+        loss_w = torch.zeros(len(items), t)
         for j, it in enumerate(items):
             seq = vocab.map(it.context[p:] + it.target)
             tokens[j, : len(seq)] = torch.tensor(seq)
             c = len(it.context) - p
             # position c-1 (the prompt's last token) predicts target[0], ...
             targets[j, c - 1 : c - 1 + len(it.target)] = torch.tensor(vocab.map(it.target))
-        yield Batch(torch.tensor(vocab.map(prefix_ids)), tokens, targets, skill, len(items))
+            loss_w[j, c - 1 : c - 1 + len(it.target)] = torch.tensor(
+                [cfg.digit_weight if t in digits else 1.0 for t in it.target]
+            )
+        yield Batch(torch.tensor(vocab.map(prefix_ids)), tokens, targets, loss_w, skill, len(items))
 
 
 def train(out: str | Path, cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Path:
@@ -445,16 +472,23 @@ def train(out: str | Path, cfg: TrainConfig, *, log: Callable[[str], None] = pri
     log(f"vocab {len(vocab.ids)} ids ({time.perf_counter() - t_vocab:.1f} s), "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, config {json.dumps(asdict(cfg), default=str)}")  # fmt: skip
     stats: dict[str, int] = {}
+    rng = random.Random(cfg.seed * 1_000_003 + step)  # a resumed run does not replay its first batches
     batches = _batches(gen, vocab, cfg, rng, stats)
     budget = cfg.minutes * 60.0
     started = time.monotonic() - elapsed_before
     last_save = time.monotonic()
     window: dict[str, list[float]] = {}
     t_data = t_step = 0.0
+    stop = {"now": False}
+
+    def _stop(signum: int, frame: Any) -> None:
+        stop["now"] = True
+
+    previous = signal.signal(signal.SIGTERM, _stop) if threading.current_thread() is threading.main_thread() else None
     while True:
         elapsed = time.monotonic() - started
         frac = min(1.0, elapsed / budget)
-        if frac >= 1.0 or (cfg.max_steps is not None and step >= cfg.max_steps):
+        if frac >= 1.0 or stop["now"] or (cfg.max_steps is not None and step >= cfg.max_steps):
             break
         warm = min(1.0, (step + 1) / cfg.warmup_steps)
         lr = cfg.lr * warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
@@ -468,7 +502,9 @@ def train(out: str | Path, cfg: TrainConfig, *, log: Callable[[str], None] = pri
         hidden = model(batch.prefix, batch.tokens)
         mask = batch.targets != -100
         logits = model.logits(hidden[mask])
-        loss = F.cross_entropy(logits, batch.targets[mask])
+        token_loss = F.cross_entropy(logits, batch.targets[mask], reduction="none")
+        w = batch.weights[mask]
+        loss = (token_loss * w).sum() / w.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -488,8 +524,10 @@ def train(out: str | Path, cfg: TrainConfig, *, log: Callable[[str], None] = pri
         if time.monotonic() - last_save > cfg.save_minutes * 60:
             _save(state_path, model, opt, vocab, model_cfg, step, time.monotonic() - started, cfg)
             last_save = time.monotonic()
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
     _save(state_path, model, opt, vocab, model_cfg, step, time.monotonic() - started, cfg)
-    log(f"done: {step} steps in {(time.monotonic() - started) / 60:.1f} min -> {state_path}")
+    log(f"{'stopped' if stop['now'] else 'done'}: {step} steps in {(time.monotonic() - started) / 60:.1f} min -> {state_path}")
     return state_path
 
 
