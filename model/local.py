@@ -27,7 +27,7 @@ still reuses everything before it; when reuse stops short of the common prefix,
 Batching. Sessions decoding at the same time have their decode steps run as one batch
 (``Transformer.decode_batch``): the dense weights and each chosen expert are read once per step
 for all of them. Idle sessions' caches are bounded: beyond ``cache_budget`` bytes (all sessions
-together, default 4 GiB) the least recently used idle ones are dropped, and the pool keeps at most
+together, default 2 GiB) the least recently used idle ones are dropped, and the pool keeps at most
 ``max_sessions`` (default 8) sessions it can reuse.
 """
 
@@ -106,6 +106,7 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 _MIN_CHUNK = 16  # the smallest prefill chunk a near deadline makes
+_REWRITE_SLACK = 8  # tokens at the end of a pooled session's history a prompt may rewrite in place
 
 
 class DeadlineExpired(Exception):
@@ -440,7 +441,7 @@ class LocalEngine:
         prefill_chunk: int = 2048,
         checkpoint: Checkpoint | None = None,
         max_sessions: int = 8,
-        cache_budget: int | None = 4 * 2**30,
+        cache_budget: int | None = 2 * 2**30,
         snapshot_rows: int = 4096,
         snapshot_tokens: Collection[int] = (START_TOKEN,),
         batch_wait: float = 0.02,
@@ -594,20 +595,25 @@ class LocalEngine:
         return torch.tensor(tokens, dtype=torch.long, device=self.model.device)
 
     def _route(self, prompt: list[int]) -> tuple[Session, Session | None]:
-        """The pooled session for a new call: the idle one whose history the prompt continues,
-        else a fresh (or the least recently used idle) one, with the session to copy the longest
-        shared prefix from (None: nothing to copy)."""
+        """The pooled session for a new call, and the session to copy the longest shared prefix
+        from (None: nothing to copy).
+
+        The idle session whose history the prompt continues (rewriting at most its last
+        ``_REWRITE_SLACK`` tokens) is reused in place; otherwise (a prompt that shares only a
+        system prompt with another agent's history, or drops a turn's reasoning) the call gets an
+        empty, new or least recently used idle session seeded with a copy of the shared prefix,
+        and the other history stays intact for its own next call."""
         with self._pool_lock:
             free = [s for s in self._pool if not _claimed(s)]
             shared = {
                 id(s): min(_common_prefix(s.cached_tokens, prompt), len(prompt) - 1) for s in self._pool
             }
             best = max(self._pool, key=lambda s: shared[id(s)])
-            for s in sorted(free, key=lambda s: -shared[id(s)]):
-                n = shared[id(s)]
-                if not s.cached_tokens or (n > 0 and 2 * n >= len(s.cached_tokens) and n >= shared[id(best)]):
-                    return s, None
-                break
+            top = max(free, key=lambda s: shared[id(s)], default=None)
+            if top is not None and top.cached_tokens:
+                n = shared[id(top)]
+                if n >= len(top.cached_tokens) - _REWRITE_SLACK and n >= shared[id(best)]:
+                    return top, None
             target = next((s for s in free if not s.cached_tokens), None)
             if target is None and len(self._pool) < self.max_sessions:
                 target = Session(self)
