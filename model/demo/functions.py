@@ -78,6 +78,7 @@ _TOPICS = [
     "bus delay", "package weight", "wind speed", "rainfall", "store hours", "insurance quote", "credit score",
 ]  # fmt: skip
 _VERBS = ["get", "fetch", "lookup", "find", "query", "check", "read", "load"]
+_SUFFIXES = ["lookup", "info", "data", "report", "api", "service", "tool", "search"]
 _DESCRIBE = [
     "Get the {topic} for the given inputs.", "Returns the current {topic}.", "Look up the {topic}.",
     "Fetches the {topic} from the database.", "Find the {topic}.", "Checks the {topic} and returns it.",
@@ -108,6 +109,12 @@ _AFTER = ["The tool answered. Report it.", "Got the result from the function."]
 
 def _split_of_name(name: str) -> str:
     return "heldout" if zlib.crc32(name.encode()) % 5 == 4 else "train"
+
+
+def _names(topic: str) -> list[str]:
+    """Every name a function on ``topic`` may get (``get_hotel_price``, ``hotel_price_lookup``, ...)."""
+    snake = topic.replace(" ", "_")
+    return [f"{v}_{snake}" for v in _VERBS] + [f"{snake}_{s}" for s in _SUFFIXES]
 
 
 class _Declared:
@@ -152,10 +159,10 @@ class RandomFunction:
 
 
 def _make_function(rng: random.Random, split: str, topic: str) -> RandomFunction:
-    for _ in range(100):
-        name = f"{rng.choice(_VERBS)}_{topic.replace(' ', '_')}"
-        if _split_of_name(name) == split or split == "any":
-            break
+    names = [n for n in _names(topic) if _split_of_name(n) == split or split == "any"]
+    if not names:
+        raise ValueError(f"no {split} name for topic {topic!r}")
+    name = rng.choice(names)
     chosen: list[_Param] = []
     for kind in rng.sample(_PARAMS, rng.randint(1, 3)):
         if all((kind.names[0], c.names[0]) not in _CONFLICTS for c in chosen):
@@ -177,7 +184,7 @@ def _make_function(rng: random.Random, split: str, topic: str) -> RandomFunction
 
 def random_functions(rng: random.Random, split: str, n: int, topics: list[str] | None = None) -> list[RandomFunction]:
     """``n`` functions on different topics (the first on ``topics[0]`` when given)."""
-    pool = [t for t in _TOPICS if not topics or t not in topics]
+    pool = [t for t in _topics(split) if not topics or t not in topics]
     chosen = list(topics or []) + rng.sample(pool, n - len(topics or []))
     return [_make_function(rng, split, t) for t in chosen[:n]]
 
@@ -193,10 +200,15 @@ def _result(rng: random.Random, topic: str) -> Any:
     return f"{rng.randint(1, 12)}:{rng.randint(0, 59):02d}"
 
 
+def _topics(split: str) -> list[str]:
+    """The topics with at least one function name in ``split``."""
+    return [t for t in _TOPICS if any(_split_of_name(n) == split or split == "any" for n in _names(t))]
+
+
 def function_conversation(rng: random.Random, setting: Setting, enc: Any, split: str) -> Conversation:
-    topic = rng.choice(_TOPICS)
+    topic = rng.choice(_topics(split))
     target = _make_function(rng, split, topic)
-    others = random_functions(rng, "any", rng.randint(0, 2), None)
+    others = random_functions(rng, split, rng.randint(0, 2), None)
     others = [f for f in others if f.topic != topic]
     functions = [*others, target]
     rng.shuffle(functions)

@@ -369,6 +369,8 @@ class TrainConfig:
     """Overrides of ``DEMO_CONFIG`` fields."""
     max_steps: int | None = None
     """Stop after this many steps (tests), whatever the clock says."""
+    log_every: int = 25
+    """Steps between log lines (each gives the mean loss per skill since the last)."""
 
 
 def _batches(gen: Any, vocab: Vocab, cfg: TrainConfig, rng: random.Random, stats: dict[str, int]) -> Iterator[Batch]:
@@ -448,7 +450,7 @@ def train(out: str | Path, cfg: TrainConfig, *, log: Callable[[str], None] = pri
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     gen = Generator(enc, split="train", skills=cfg.skills)
-    model_cfg = replace(DEMO_CONFIG, **cfg.model) if cfg.model else DEMO_CONFIG
+    model_cfg = replace(DEMO_CONFIG, **{"layer_types": (), **cfg.model}) if cfg.model else DEMO_CONFIG
     t_vocab = time.perf_counter()
     step, elapsed_before = 0, 0.0
     if state_path.exists():
@@ -514,10 +516,10 @@ def train(out: str | Path, cfg: TrainConfig, *, log: Callable[[str], None] = pri
         t_step += t2 - t1
         step += 1
         window.setdefault(batch.skill, []).append(loss.item())
-        if step % 25 == 0:
+        if step % cfg.log_every == 0:
             losses = " ".join(f"{k} {sum(v) / len(v):.4f}" for k, v in sorted(window.items()))
             log(f"step {step} {elapsed / 60:.1f} min lr {lr:.2e} loss {losses} "
-                f"data {t_data / 25:.2f}s step {t_step / 25:.2f}s items {batch.n_items}x{batch.tokens.shape[1]}"
+                f"data {t_data / cfg.log_every:.2f}s step {t_step / cfg.log_every:.2f}s items {batch.n_items}x{batch.tokens.shape[1]}"
                 f"+{batch.prefix.shape[0]} qat {int(model.quantized)} oov {stats.get('oov', 0)}")  # fmt: skip
             window.clear()
             t_data = t_step = 0.0
