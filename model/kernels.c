@@ -6,9 +6,21 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <time.h>
+/* The same source is compiled once per instruction set (kernels.py picks the flags and, at run time,
+ * the library the CPU can run): AVX2 + FMA, AVX-512 (F, BW, VL, DQ) with VNNI, and the AMX build
+ * (AVX-512 plus the tile extensions). Each wider path reuses the narrower code where it does not pay. */
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define HAVE_AVX2 1
+#endif
+#if defined(HAVE_AVX2) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
+#define HAVE_AVX512 1
+#endif
+#if defined(HAVE_AVX512) && defined(__AVX512VNNI__)
+#define HAVE_VNNI 1
+#endif
+#if defined(HAVE_AVX512) && defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__AMX_BF16__)
+#define HAVE_AMX 1
 #endif
 
 /* FP4 e2m1 values doubled (small integers); the block scale is halved to match: 2^(s-128). */
@@ -366,7 +378,7 @@ void mxfp4_gemm(const uint8_t *blocks, const uint8_t *scales, const float *x, co
  * table lookup, and the products are summed in integers (maddubs/madd); only the group scale is float.
  * qx layout per pair of groups (g, g+1), 64 bytes: even positions of g, even of g+1, odd of g, odd of g+1,
  * the order a 32-byte load of both groups' packed bytes decodes to; an odd last group: even, then odd. */
-typedef struct { const uint8_t *blocks, *scales; const int8_t *qx; const uint8_t *qa; const float *dx, *bias; float *y; int G; } q8_args;
+typedef struct { const uint8_t *blocks, *scales; const int8_t *qx; const uint8_t *qa; const float *dx, *bias; float *y; int G; const int32_t *nc; } q8_args;
 
 /* Where group g's even (and odd) positions start in qx. */
 static inline int q8_even(int g, int G) { return g % 2 == 0 && g + 1 == G ? g * 32 : (g - g % 2) * 32 + (g % 2) * 16; }
@@ -410,6 +422,28 @@ static inline void q8_scales4(const uint8_t *s, __m256 *s01, __m256 *s23) {
 }
 #endif
 
+#ifdef HAVE_VNNI
+/* Four groups (g..g+3, 64 packed bytes) at once with vpdpbusd, which multiplies unsigned by signed bytes:
+ * the weights are made unsigned (doubled e2m1 + 12, 0..24) and the excess, 12 * sum(qx) per group, starts
+ * the accumulator negated (nc: -3 * sum(qx) in each of the group's four lanes). Lanes 4j..4j+3 hold group g+j. */
+static const uint8_t LUT2U[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
+static inline __m512i q8_quad(const uint8_t *b, const int8_t *q, const int32_t *nc) {
+    const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)LUT2U));
+    const __m512i mask = _mm512_set1_epi8(0x0F);
+    __m512i v = _mm512_loadu_si512(b);
+    __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, mask));
+    __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), mask));
+    /* qx holds pairs: [g even, g+1 even, g odd, g+1 odd] then the same for g+2, g+3 */
+    __m512i se = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)q)),
+                                    _mm256_loadu_si256((const __m256i *)(q + 64)), 1);
+    __m512i so = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(q + 32))),
+                                    _mm256_loadu_si256((const __m256i *)(q + 96)), 1);
+    __m512i acc = _mm512_loadu_si512(nc);
+    acc = _mm512_dpbusd_epi32(acc, lo, se);
+    return _mm512_dpbusd_epi32(acc, hi, so);
+}
+#endif
+
 static void q8_rows(void *p, int begin, int end) {
     q8_args *a = (q8_args *)p;
     int G = a->G;
@@ -420,6 +454,35 @@ static void q8_rows(void *p, int begin, int end) {
         const uint8_t *s = a->scales + (size_t)o * G;
         float r = 0.0f;
         int g = 0;
+#ifdef HAVE_VNNI
+        {
+            const __m128i rep4 = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+            __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+            for (; g + 8 <= G; g += 8) {  /* two independent quads per step */
+                _mm_prefetch((const char *)(b + g * 16 + 1024), _MM_HINT_T0);
+                int32_t four[2];
+                memcpy(four, s + g, 8);
+                __m512 s0 = _mm512_castsi512_ps(_mm512_slli_epi32(
+                    _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_set1_epi32(four[0]), rep4)), 23));
+                __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(
+                    _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_set1_epi32(four[1]), rep4)), 23));
+                __m512 f0 = _mm512_cvtepi32_ps(q8_quad(b + g * 16, qx + g * 32, a->nc + g * 4));
+                __m512 f1 = _mm512_cvtepi32_ps(q8_quad(b + g * 16 + 64, qx + g * 32 + 128, a->nc + g * 4 + 16));
+                acc0 = _mm512_fmadd_ps(f0, _mm512_mul_ps(s0, _mm512_loadu_ps(dx + g * 4)), acc0);
+                acc1 = _mm512_fmadd_ps(f1, _mm512_mul_ps(s1, _mm512_loadu_ps(dx + g * 4 + 16)), acc1);
+            }
+            if (g + 4 <= G) {
+                int32_t four;
+                memcpy(&four, s + g, 4);
+                __m512 s0 = _mm512_castsi512_ps(_mm512_slli_epi32(
+                    _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_set1_epi32(four), rep4)), 23));
+                __m512 f0 = _mm512_cvtepi32_ps(q8_quad(b + g * 16, qx + g * 32, a->nc + g * 4));
+                acc0 = _mm512_fmadd_ps(f0, _mm512_mul_ps(s0, _mm512_loadu_ps(dx + g * 4)), acc0);
+                g += 4;
+            }
+            r = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+        }
+#endif
 #ifdef HAVE_AVX2
         const uint8_t *qa = a->qa;
         __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
@@ -438,7 +501,7 @@ static void q8_rows(void *p, int begin, int end) {
             acc0 = _mm256_fmadd_ps(f0, _mm256_mul_ps(_mm256_add_ps(sc, sc), _mm256_loadu_ps(dx + g * 4)), acc0);
             g += 2;
         }
-        r = hsum(_mm256_add_ps(acc0, acc1));
+        r += hsum(_mm256_add_ps(acc0, acc1));
 #endif
         for (; g < G; g++) r += (float)q8_group(b, qx, g, G) * (dx[g * 4] * (2.0f * SCALE[s[g]]));
         a->y[o] = r + (a->bias ? a->bias[o] : 0.0f);
@@ -451,6 +514,7 @@ void mxfp4_gemv_q8(const uint8_t *blocks, const uint8_t *scales, const float *x,
     int8_t qx[G * 32];
     uint8_t qa[G * 32];  /* |qx| */
     float dx[G * 4 + 4];  /* each group's scale / 2, four times (one per int32 lane), padded for the pair loads */
+    int32_t nc[G * 4];  /* VNNI: -3 * the group's sum of qx, four times (see q8_quad) */
     for (int g = 0; g < G; g++) {
         const float *xg = x + g * 32;
         int32_t q[32];
@@ -471,6 +535,9 @@ void mxfp4_gemv_q8(const uint8_t *blocks, const uint8_t *scales, const float *x,
         for (int k = 0; k < 32; k++) q[k] = (int32_t)lrintf(xg[k] * inv);
 #endif
         for (int k = 0; k < 4; k++) dx[g * 4 + k] = amax / 254.0f;
+        int32_t sum = 0;
+        for (int k = 0; k < 32; k++) sum += q[k];
+        for (int k = 0; k < 4; k++) nc[g * 4 + k] = -3 * sum;
         int e = q8_even(g, G), od = q8_odd(g, G);
         for (int k = 0; k < 16; k++) {
             qx[e + k] = (int8_t)q[2 * k];
@@ -480,12 +547,12 @@ void mxfp4_gemv_q8(const uint8_t *blocks, const uint8_t *scales, const float *x,
         }
     }
     for (int k = 0; k < 4; k++) dx[G * 4 + k] = 0.0f;
-    q8_args a = {blocks, scales, qx, qa, dx, bias, y, G};
+    q8_args a = {blocks, scales, qx, qa, dx, bias, y, G, nc};
     parallel_rows(q8_rows, &a, out, out < 64 * nthreads ? 1 : nthreads);
 }
 
 /* ---- y[t, o] = sum_i W[o, i] x[t, i] + bias[o], W bf16 (out, in) ---- */
-typedef struct { const uint16_t *w; const float *x, *bias; float *y; int T, out, in; } bf_args;
+typedef struct { const uint16_t *w; const float *x, *bias; float *y; int T, out, in; const float *xs; } bf_args;
 
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16;
@@ -500,6 +567,31 @@ static void bf_rows(void *p, int begin, int end) {
     for (int o = begin; o < end; o++) {
         const uint16_t *w = a->w + (size_t)o * in;
         float bias = a->bias ? a->bias[o] : 0.0f;
+#ifdef HAVE_AVX512
+        if (T == 1) {  /* decode: a 64-byte load is 32 weights; shifting and masking the 32-bit lanes gives the
+                        * even and the odd ones as floats (no widening shuffle), against x split to match */
+            const float *xs = a->xs;
+            const __m512i odd = _mm512_set1_epi32((int)0xFFFF0000u);
+            __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+            int i = 0;
+            for (; i + 64 <= in; i += 64) {
+                __m512i v0 = _mm512_loadu_si512(w + i), v1 = _mm512_loadu_si512(w + i + 32);
+                c0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), _mm512_loadu_ps(xs + i), c0);
+                c1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v0, odd)), _mm512_loadu_ps(xs + i + 16), c1);
+                c2 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)), _mm512_loadu_ps(xs + i + 32), c2);
+                c3 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v1, odd)), _mm512_loadu_ps(xs + i + 48), c3);
+            }
+            for (; i + 32 <= in; i += 32) {
+                __m512i v0 = _mm512_loadu_si512(w + i);
+                c0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), _mm512_loadu_ps(xs + i), c0);
+                c1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v0, odd)), _mm512_loadu_ps(xs + i + 16), c1);
+            }
+            float r = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(c0, c1), _mm512_add_ps(c2, c3)));
+            for (; i < in; i++) r += bf16_to_f32(w[i]) * a->x[i];
+            a->y[o] = r + bias;
+            continue;
+        }
+#endif
 #ifdef HAVE_AVX2
 #define BF16X8(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
         if (T == 1) {  /* decode: four independent accumulators */
@@ -544,8 +636,21 @@ static void bf_rows(void *p, int begin, int end) {
 }
 
 void bf16_gemv(const uint16_t *w, const float *x, const float *bias, float *y, int T, int out, int in, int nthreads) {
-    bf_args a = {w, x, bias, y, T, out, in};
+    float *xs = 0;
+#ifdef HAVE_AVX512
+    if (T == 1) {  /* per 32 values: the 16 at even positions, then the 16 at odd ones (the tail stays in x) */
+        xs = malloc(((size_t)in + 32) * sizeof(float));
+        if (!xs) abort();
+        for (int b = 0; b + 32 <= in; b += 32)
+            for (int k = 0; k < 16; k++) {
+                xs[b + k] = x[b + 2 * k];
+                xs[b + 16 + k] = x[b + 2 * k + 1];
+            }
+    }
+#endif
+    bf_args a = {w, x, bias, y, T, out, in, xs};
     parallel_rows(bf_rows, &a, out, out < 64 * nthreads ? 1 : nthreads);
+    free(xs);
 }
 
 /* ---- causal grouped-query attention with a sink logit per head, one query row at a time ----
@@ -789,6 +894,24 @@ int has_avx2(void) {
 #else
     return 0;
 #endif
+}
+
+/* The instruction sets this build was compiled for: 1 AVX2, 2 AVX-512, 4 AVX-512-VNNI, 8 AMX. */
+int kernel_isa(void) {
+    int bits = 0;
+#ifdef HAVE_AVX2
+    bits |= 1;
+#endif
+#ifdef HAVE_AVX512
+    bits |= 2;
+#endif
+#ifdef HAVE_VNNI
+    bits |= 4;
+#endif
+#ifdef HAVE_AMX
+    bits |= 8;
+#endif
+    return bits;
 }
 
 void attention_rows(const float *q, const void *k, const void *v, int kv_bf16, const float *sinks, float *out,

@@ -6,11 +6,18 @@ float32 in registers, instead of materialising unpacked copies. Many-token batch
 compute-bound: MXFP4 weights go through a packed GEMM that unpacks sixteen rows at a time into a
 panel kept in L2. Attention is one pass over the cache per query with an online softmax. Work is
 split over a persistent thread pool (starting a thread costs ~90 us; a decode step makes ~270
-calls). The library is compiled once per machine with the system C compiler (``cc -O3
--march=native``, a few seconds) into ``~/.cache/gptoss_agent`` (``GPTOSS_KERNEL_CACHE``
-overrides). The cache key holds the source, the compiler and its version, the flags and the CPU's
-model and feature flags, so a cache shared between machines (a home directory on NFS, a
-container image) never hands one CPU a library built for another's instructions (SIGILL).
+calls). The library is compiled once per machine and instruction set with the system C compiler
+(a few seconds) into ``~/.cache/gptoss_agent`` (``GPTOSS_KERNEL_CACHE`` overrides). The cache key
+holds the source, the compiler and its version, the flags and the CPU's model and feature flags,
+so a cache shared between machines (a home directory on NFS, a container image) never hands one
+CPU a library built for another's instructions (SIGILL).
+
+The same source is built per instruction set (``ISA_FLAGS``: ``avx2``; ``avx512`` with VNNI for the
+int8 decode path and 512-bit bf16 matvecs; ``amx``, the AVX-512 build with the tile extensions
+enabled; ``generic``, plain C) and the widest one the CPU's features allow (``/proc/cpuinfo``) is
+loaded. ``GPTOSS_KERNELS_ISA=generic|avx2|avx512|amx`` forces one (a CPU that lacks it is an error
+naming the missing features); ``use_isa()`` switches in-process, which the tests use to check every
+path this CPU has against the same reference.
 
 If there is no compiler, or ``GPTOSS_KERNELS=0``, every function here returns None and the
 callers fall back to plain torch; a compile that fails is reported once (a ``RuntimeWarning``
@@ -34,7 +41,19 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["KernelBuildError", "attention", "available", "describe", "int8_enabled", "linear", "mxfp4_linear"]
+__all__ = [
+    "ISAS",
+    "KernelBuildError",
+    "attention",
+    "available",
+    "describe",
+    "int8_enabled",
+    "isa",
+    "linear",
+    "mxfp4_linear",
+    "supported_isas",
+    "use_isa",
+]
 
 SOURCE_PATH = Path(__file__).with_name("kernels.c")
 """The C source, shipped beside this module as package data."""
@@ -53,8 +72,34 @@ _lock = threading.Lock()
 _status = "not loaded yet"
 """What ``describe()`` reports: the library in use, or why plain torch runs."""
 
-FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread", "-Wall", "-Wextra"]
-"""The compiler flags (``-march=native``: the build is for this CPU only, hence the cache key)."""
+FLAGS = ["-O3", "-shared", "-fPIC", "-pthread", "-Wall", "-Wextra"]
+"""The compiler flags every build shares; ``ISA_FLAGS`` adds the instruction set's."""
+
+_AVX2 = ["-mavx2", "-mfma", "-mf16c"]
+_AVX512 = [*_AVX2, "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni"]
+ISA_FLAGS: dict[str, list[str]] = {
+    "generic": [],
+    "avx2": _AVX2,
+    "avx512": _AVX512,
+    "amx": [*_AVX512, "-mavx512bf16", "-mamx-tile", "-mamx-int8", "-mamx-bf16"],
+}
+"""Each instruction set's compiler flags (the same source; ``#if`` blocks pick the code)."""
+
+ISAS = tuple(ISA_FLAGS)
+"""The instruction sets, narrowest first."""
+
+_NEEDS: dict[str, frozenset[str]] = {
+    "generic": frozenset(),
+    "avx2": frozenset({"avx2", "fma", "f16c"}),
+    "avx512": frozenset(
+        {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
+    ),
+}
+_NEEDS["amx"] = _NEEDS["avx512"] | {"avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"}
+
+_libs: dict[str, ctypes.CDLL] = {}
+_isa: str | None = None
+"""The instruction set of the library in use (None: none loaded)."""
 
 
 class KernelBuildError(RuntimeError):
@@ -87,13 +132,46 @@ def _compiler_version(cc: str) -> str:
     return out.splitlines()[0] if out else ""
 
 
-def cache_key(cc: str) -> str:
-    """Digest of everything the compiled library depends on: source, compiler, flags, CPU."""
-    material = "\0".join([_source(), cc, _compiler_version(cc), " ".join(FLAGS), cpu_signature()])
+def cpu_features() -> frozenset[str]:
+    """The CPU's feature flags as Linux names them (``avx2``, ``avx512_vnni``, ``amx_tile``...)."""
+    for line in cpu_signature().splitlines():
+        if line.startswith("flags="):
+            return frozenset(line.removeprefix("flags=").split())
+    return frozenset()
+
+
+def supported_isas() -> list[str]:
+    """The instruction sets this CPU runs, narrowest first (``generic`` always)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return ["generic"]
+    have = cpu_features()
+    return [name for name in ISAS if _NEEDS[name] <= have]
+
+
+def _missing(name: str) -> str:
+    """One sentence on why this CPU cannot run ``name``, or "" if it can."""
+    if name not in ISA_FLAGS:
+        return f"unknown instruction set {name!r} (choose one of {', '.join(ISAS)})"
+    if name in supported_isas():
+        return ""
+    lacks = sorted(_NEEDS[name] - cpu_features()) or [platform.machine()]
+    return f"this CPU cannot run the {name} kernels: it lacks {', '.join(lacks)}"
+
+
+def _default_isa() -> str:
+    forced = os.environ.get("GPTOSS_KERNELS_ISA", "").strip().lower()
+    return forced or supported_isas()[-1]
+
+
+def cache_key(cc: str, isa: str | None = None) -> str:
+    """Digest of everything the compiled library depends on: source, compiler, flags, CPU (``isa``:
+    the instruction set, by default the one in use)."""
+    flags = [*FLAGS, *ISA_FLAGS.get(isa or _isa or _default_isa(), [])]
+    material = "\0".join([_source(), cc, _compiler_version(cc), " ".join(flags), cpu_signature()])
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
-def _compile(cc: str, lib_path: Path) -> str | None:
+def _compile(cc: str, lib_path: Path, isa: str = "generic") -> str | None:
     """Build the library at ``lib_path``; None on success, else the compiler's message."""
     try:
         lib_path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +179,7 @@ def _compile(cc: str, lib_path: Path) -> str | None:
             src = Path(tmp) / "kernels.c"
             src.write_text(_source())
             tmp_lib = Path(tmp) / "kernels.so"
-            cmd = [cc, *FLAGS, str(src), "-o", str(tmp_lib), "-lm"]
+            cmd = [cc, *FLAGS, *ISA_FLAGS[isa], str(src), "-o", str(tmp_lib), "-lm"]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
             if done.returncode != 0:
                 errors = [ln for ln in done.stderr.splitlines() if "error" in ln] or done.stderr.splitlines()
@@ -112,28 +190,62 @@ def _compile(cc: str, lib_path: Path) -> str | None:
     return None
 
 
-def _build() -> ctypes.CDLL | None:
-    global _status
-    if os.environ.get("GPTOSS_KERNELS", "1") == "0":
-        _status = "off (GPTOSS_KERNELS=0): plain torch"
-        return None
+def _load(isa: str) -> tuple[ctypes.CDLL | None, str]:
+    """The library built for ``isa`` (compiled on first use, then cached), or None and why not."""
+    if isa in _libs:
+        return _libs[isa], str(_libs[isa]._name)
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if cc is None:
-        _failed("no C compiler (cc or gcc) is installed")
-        return None
+        return None, "no C compiler (cc or gcc) is installed"
     cache = Path(os.environ.get("GPTOSS_KERNEL_CACHE", Path.home() / ".cache" / "gptoss_agent"))
-    lib_path = cache / f"kernels-{cache_key(cc)}.so"
+    lib_path = cache / f"kernels-{isa}-{cache_key(cc, isa)}.so"
     if not lib_path.exists():
-        error = _compile(cc, lib_path)
+        error = _compile(cc, lib_path, isa)
         if error is not None:
-            _failed(error)
-            return None
+            return None, error
     try:
         lib = ctypes.CDLL(str(lib_path))
     except OSError as e:
-        _failed(f"{lib_path} does not load: {e}")
+        return None, f"{lib_path} does not load: {e}"
+    _bind(lib)
+    _libs[isa] = lib
+    return lib, str(lib_path)
+
+
+def _build() -> ctypes.CDLL | None:
+    global _status, _isa
+    if os.environ.get("GPTOSS_KERNELS", "1") == "0":
+        _status = "off (GPTOSS_KERNELS=0): plain torch"
         return None
-    _status = f"C kernels {lib_path}"
+    name = _default_isa()
+    why = _missing(name)
+    if why:
+        _failed(f"GPTOSS_KERNELS_ISA={name}: {why}")
+        return None
+    lib, where = _load(name)
+    if lib is None and "GPTOSS_KERNELS_ISA" not in os.environ and name != "generic":
+        first = where  # a compiler too old for the widest set: the next narrower one, said once
+        for narrower in reversed(supported_isas()[: supported_isas().index(name)]):
+            lib, where = _load(narrower)
+            if lib is not None:
+                warnings.warn(
+                    f"gptoss_agent: the {name} kernels did not build ({first}); using {narrower}",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                name = narrower
+                break
+        else:
+            where = first
+    if lib is None:
+        _failed(where)
+        return None
+    _isa = name
+    _status = f"C kernels {where}"
+    return lib
+
+
+def _bind(lib: ctypes.CDLL) -> None:
     p, i = ctypes.c_void_p, ctypes.c_int
     lib.mxfp4_gemv.argtypes = [p, p, p, p, p, i, i, i, i]
     lib.mxfp4_gemv_q8.argtypes = [p, p, p, p, p, i, i, i]
@@ -142,6 +254,8 @@ def _build() -> ctypes.CDLL | None:
     lib.attention_rows.argtypes = [p, p, p, i, p, p, i, i, i, i, i, i, ctypes.c_float, i]
     lib.has_avx2.argtypes = []
     lib.has_avx2.restype = ctypes.c_int
+    lib.kernel_isa.argtypes = []
+    lib.kernel_isa.restype = ctypes.c_int
     for f in (
         lib.mxfp4_gemv,
         lib.mxfp4_gemm,
@@ -150,7 +264,6 @@ def _build() -> ctypes.CDLL | None:
         lib.attention_rows,
     ):
         f.restype = None
-    return lib
 
 
 def _failed(why: str) -> None:
@@ -175,8 +288,44 @@ def _library() -> ctypes.CDLL | None:
                     _tried = True  # reported once: a failed build is not retried per call
                 _avx2 = _lib is not None and bool(_lib.has_avx2())
                 if _lib is not None:
-                    _status = f"{_status} ({'AVX2' if _avx2 else 'no AVX2'})"
+                    _status = f"{_status} ({_isa}: {compiled_isa(_lib)})"
     return _lib
+
+
+def compiled_isa(lib: ctypes.CDLL | None = None) -> str:
+    """What the library (by default the one in use) was really compiled with, as the C code sees its
+    macros: ``AVX2``, ``AVX-512``, ``VNNI``, ``AMX`` or ``no AVX2``."""
+    lib = lib if lib is not None else _library()
+    if lib is None:
+        return "none"
+    bits = lib.kernel_isa()
+    names = [n for b, n in ((1, "AVX2"), (2, "AVX-512"), (4, "VNNI"), (8, "AMX")) if bits & b]
+    return "+".join(names) or "no AVX2"
+
+
+def isa() -> str | None:
+    """The instruction set of the kernels in use (None: plain torch)."""
+    _library()
+    return _isa if _lib is not None else None
+
+
+def use_isa(name: str | None) -> None:
+    """Switch the kernels in use to the ones built for ``name`` (None: the default, which
+    ``GPTOSS_KERNELS_ISA`` or the CPU's features choose). Raises ``ValueError`` naming what this CPU
+    lacks, or ``KernelBuildError`` if that build fails."""
+    global _lib, _tried, _avx2, _status, _isa
+    _library()
+    target = name or _default_isa()
+    why = _missing(target)
+    if why:
+        raise ValueError(why)
+    with _lock:
+        lib, where = _load(target)
+        if lib is None:
+            raise KernelBuildError(f"the {target} kernels do not build: {where}")
+        _lib, _tried, _isa = lib, True, target
+        _avx2 = bool(lib.has_avx2())
+        _status = f"C kernels {where} ({target}: {compiled_isa(lib)})"
 
 
 def describe() -> str:

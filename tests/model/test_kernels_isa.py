@@ -1,0 +1,135 @@
+"""Every instruction-set build of the C kernels (generic C, AVX2, AVX-512 with VNNI, AMX) against the
+same float64 reference, on whatever CPU runs the tests: each build this CPU can run is loaded with
+``use_isa`` and checked; one it cannot run is skipped with the features it lacks (CI machines differ:
+AVX2 everywhere, AVX-512/VNNI/AMX on some). Shapes are small but reach every loop's tail."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from gptoss_agent.model import kernels
+from gptoss_agent.model.mxfp4 import dequantize
+from gptoss_agent.model.transformer import masked_attention
+
+EXPECTED = {
+    "generic": "no AVX2",
+    "avx2": "AVX2",
+    "avx512": "AVX2+AVX-512+VNNI",
+    "amx": "AVX2+AVX-512+VNNI+AMX",
+}
+
+
+@pytest.fixture(params=kernels.ISAS)
+def isa(request):
+    """Each instruction set in turn; the default build is back in use afterwards."""
+    why = kernels._missing(request.param)
+    if why:
+        pytest.skip(why)
+    kernels.use_isa(request.param)
+    yield request.param
+    kernels.use_isa(None)
+
+
+def _close(got: torch.Tensor | None, want: torch.Tensor, tol: float) -> None:
+    assert got is not None
+    err = (got.double() - want).norm() / want.norm()
+    assert err <= tol, f"relative error {err:.2e} > {tol:.0e}"
+
+
+def test_the_build_has_the_instructions_it_is_named_for(isa):
+    assert kernels.isa() == isa
+    assert kernels.compiled_isa() == EXPECTED[isa]
+    assert f"({isa}: " in kernels.describe()
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 9])  # decode; the 8-token tiles and their tail
+@pytest.mark.parametrize("inp", [96, 200, 4096])  # 64-wide steps + a 32 tail; a scalar tail; whole
+def test_bf16_matvec(isa, tokens, inp):
+    gen = torch.Generator().manual_seed(inp + tokens)
+    w = torch.randn(70, inp, generator=gen).bfloat16()
+    x, bias = torch.randn(tokens, inp, generator=gen), torch.randn(70, generator=gen)
+    want = x.double() @ w.double().T + bias.double()
+    _close(kernels.linear(x, w, bias), want, 1e-5)  # float32 sums of up to 4096 products
+    _close(kernels.linear(x, w, None), want - bias.double(), 1e-5)
+
+
+def _mxfp4(out: int, groups: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    blocks = torch.randint(0, 256, (out, groups, 16), dtype=torch.uint8, generator=gen)
+    blocks.view(-1, 16)[: min(16, out * groups)] = torch.arange(256, dtype=torch.uint8).view(16, 16)[
+        : min(16, out * groups)
+    ]  # every byte value
+    scales = torch.randint(110, 140, (out, groups), dtype=torch.uint8, generator=gen)
+    return blocks, scales, torch.randn(out, generator=gen)
+
+
+@pytest.mark.parametrize("tokens", [1, 5, 20])  # decode, the 8-token tiles, the packed GEMM
+@pytest.mark.parametrize("groups", [1, 3, 4])
+def test_mxfp4_matmul(isa, tokens, groups):
+    blocks, scales, bias = _mxfp4(37, groups, seed=tokens * 10 + groups)  # 37 rows: a ragged GEMM panel
+    x = torch.randn(tokens, groups * 32, generator=torch.Generator().manual_seed(groups))
+    want = x.double() @ dequantize(blocks, scales).double().T + bias.double()
+    _close(kernels.mxfp4_linear(x, blocks, scales, bias), want, 1e-5)
+
+
+def _quantized(x: torch.Tensor) -> torch.Tensor:
+    """x as the int8 path rounds it: per 32 values, to multiples of max|x| / 127 (ties to even)."""
+    groups = x.double().view(-1, 32)
+    step = groups.abs().amax(dim=1, keepdim=True) / 127
+    return (torch.round(groups / torch.where(step > 0, step, 1)) * step).view(1, -1)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3, 4, 5, 6, 8, 9, 12, 13, 90])  # quads, pairs, single tails
+def test_int8_matvec_is_the_exact_product_of_quantized_activations(isa, groups):
+    blocks, scales, bias = _mxfp4(40, groups, seed=groups)
+    gen = torch.Generator().manual_seed(100 + groups)
+    size = torch.ldexp(torch.ones(groups), torch.randint(-8, 9, (groups,), generator=gen))
+    x = (torch.randn(groups, 32, generator=gen) * size[:, None]).view(1, -1)
+    if groups > 2:
+        x[0, 32:64] = 0.0  # an all-zero group
+    w = dequantize(blocks, scales).double()
+    got = kernels.mxfp4_linear(x, blocks, scales, bias, int8=True)
+    _close(got, _quantized(x) @ w.T + bias.double(), 1e-6)  # integer sums: exact up to float rounding
+    _close(got, x.double() @ w.T + bias.double(), 1e-2)  # the int8 rounding itself, vs fp32
+
+
+@pytest.mark.parametrize("cache", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("t", "s", "window"), [(1, 40, None), (6, 45, 16)])
+def test_attention(isa, cache, t, s, window):
+    gen = torch.Generator().manual_seed(s)
+    n_kv, rep, d = 2, 3, 64
+    q = torch.randn(t, n_kv, rep, d, generator=gen)
+    k, v = (torch.randn(s, n_kv, d, generator=gen).to(cache) for _ in range(2))
+    sinks = torch.randn(n_kv, rep, generator=gen)
+    pos0 = s - t
+    got = kernels.attention(q, k, v, sinks, pos0=pos0, window=window, scale=d**-0.5)
+    want = masked_attention(
+        q.double(), k.double(), v.double(), sinks.double(), q_start=pos0, k_start=0, window=window
+    )
+    _close(got, want.reshape(t, -1), 1e-5)
+
+
+def test_a_forced_instruction_set_is_used_or_refused_with_what_the_cpu_lacks(tmp_path):
+    """GPTOSS_KERNELS_ISA: a set this CPU runs is the one loaded; one it lacks is refused in one
+    sentence naming the missing features (an error under GPTOSS_REQUIRE_KERNELS=1)."""
+    lacking = next((n for n in kernels.ISAS if kernels._missing(n)), "sse9")
+    probe = "from gptoss_agent.model import kernels; print(kernels.available()); print(kernels.describe())"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GPTOSS_KERNEL")}
+    for name, require in (("avx2" if "avx2" in kernels.supported_isas() else "generic", "1"), (lacking, "0")):
+        env = {**base, "GPTOSS_KERNELS_ISA": name, "GPTOSS_REQUIRE_KERNELS": require}
+        env["GPTOSS_KERNEL_CACHE"] = os.environ.get("GPTOSS_KERNEL_CACHE", str(tmp_path))
+        done = subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+        if require == "1":
+            assert done.stdout.startswith("True") and f"({name}: {EXPECTED[name]})" in done.stdout
+        else:
+            assert done.stdout.startswith("False") and kernels._missing(lacking) in done.stdout
+            assert f"GPTOSS_KERNELS_ISA={lacking}" in done.stderr  # the warning, once
+    with pytest.raises(ValueError, match=r"lacks|unknown"):
+        kernels.use_isa(lacking)
