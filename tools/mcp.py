@@ -60,7 +60,7 @@ _RESERVED = {"functions", "browser", "python", "assistant", "user", "system", "d
 """Namespace names an MCP server may not take (harmony's own recipients and roles)."""
 
 _GRACE_SECONDS = 5.0
-"""How much longer than the server's own call timeout the toolbox waits before giving up."""
+"""How much longer than the server's own limits (connecting, then the call) the toolbox waits."""
 
 _CLOSE_SECONDS = 10.0
 """How long ``close()`` waits for a session to end (stdio shutdown: stdin closed, then a kill)."""
@@ -270,7 +270,9 @@ class MCPServer:
     Attributes:
         timeout: Seconds one call may take before the model is told the server hung (the server
             is then restarted on the next call). None: no limit.
-        call_timeout: What the toolbox allows a call (a little more than ``timeout``).
+        call_timeout: What the toolbox allows a call: ``timeout``, plus ``connect_timeout`` for the
+            restart a call after a failure begins with, plus a few seconds (the limits of its own
+            steps are what normally end a call, each with its own message).
         lazy_spec: Tells the ``Toolbox`` that this tool's functions are listed on first use and
             may change (it then builds routes from ``spec`` when a name is looked up).
     """
@@ -294,7 +296,7 @@ class MCPServer:
         self._default_name = default_name
         self._name = _namespace_name(name) if name else None
         self.timeout = timeout
-        self.call_timeout = timeout + _GRACE_SECONDS if timeout is not None else None
+        self.call_timeout = timeout + connect_timeout + _GRACE_SECONDS if timeout is not None else None
         self.connect_timeout = connect_timeout
         self.protocol = protocol
         self.server_info: Any = None
