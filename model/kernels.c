@@ -378,7 +378,7 @@ void mxfp4_gemm(const uint8_t *blocks, const uint8_t *scales, const float *x, co
  * table lookup, and the products are summed in integers (maddubs/madd); only the group scale is float.
  * qx layout per pair of groups (g, g+1), 64 bytes: even positions of g, even of g+1, odd of g, odd of g+1,
  * the order a 32-byte load of both groups' packed bytes decodes to; an odd last group: even, then odd. */
-typedef struct { const uint8_t *blocks, *scales; const int8_t *qx; const uint8_t *qa; const float *dx, *bias; float *y; int G; const int32_t *nc; } q8_args;
+typedef struct { const uint8_t *blocks, *scales; const int8_t *qx; const uint8_t *qa; const float *dx, *bias; float *y; int G; const int32_t *nc; const int8_t *qv; } q8_args;
 
 /* Where group g's even (and odd) positions start in qx. */
 static inline int q8_even(int g, int G) { return g % 2 == 0 && g + 1 == G ? g * 32 : (g - g % 2) * 32 + (g % 2) * 16; }
@@ -427,20 +427,15 @@ static inline void q8_scales4(const uint8_t *s, __m256 *s01, __m256 *s23) {
  * the weights are made unsigned (doubled e2m1 + 12, 0..24) and the excess, 12 * sum(qx) per group, starts
  * the accumulator negated (nc: -3 * sum(qx) in each of the group's four lanes). Lanes 4j..4j+3 hold group g+j. */
 static const uint8_t LUT2U[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
-static inline __m512i q8_quad(const uint8_t *b, const int8_t *q, const int32_t *nc) {
+static inline __m512i q8_quad(const uint8_t *b, const int8_t *q, const int32_t *nc) {  /* q: qv's quad layout */
     const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)LUT2U));
     const __m512i mask = _mm512_set1_epi8(0x0F);
     __m512i v = _mm512_loadu_si512(b);
     __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, mask));
     __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), mask));
-    /* qx holds pairs: [g even, g+1 even, g odd, g+1 odd] then the same for g+2, g+3 */
-    __m512i se = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)q)),
-                                    _mm256_loadu_si256((const __m256i *)(q + 64)), 1);
-    __m512i so = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(q + 32))),
-                                    _mm256_loadu_si256((const __m256i *)(q + 96)), 1);
     __m512i acc = _mm512_loadu_si512(nc);
-    acc = _mm512_dpbusd_epi32(acc, lo, se);
-    return _mm512_dpbusd_epi32(acc, hi, so);
+    acc = _mm512_dpbusd_epi32(acc, lo, _mm512_loadu_si512(q));
+    return _mm512_dpbusd_epi32(acc, hi, _mm512_loadu_si512(q + 64));
 }
 #endif
 
@@ -466,8 +461,8 @@ static void q8_rows(void *p, int begin, int end) {
                     _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_set1_epi32(four[0]), rep4)), 23));
                 __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(
                     _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_set1_epi32(four[1]), rep4)), 23));
-                __m512 f0 = _mm512_cvtepi32_ps(q8_quad(b + g * 16, qx + g * 32, a->nc + g * 4));
-                __m512 f1 = _mm512_cvtepi32_ps(q8_quad(b + g * 16 + 64, qx + g * 32 + 128, a->nc + g * 4 + 16));
+                __m512 f0 = _mm512_cvtepi32_ps(q8_quad(b + g * 16, a->qv + g * 32, a->nc + g * 4));
+                __m512 f1 = _mm512_cvtepi32_ps(q8_quad(b + g * 16 + 64, a->qv + g * 32 + 128, a->nc + g * 4 + 16));
                 acc0 = _mm512_fmadd_ps(f0, _mm512_mul_ps(s0, _mm512_loadu_ps(dx + g * 4)), acc0);
                 acc1 = _mm512_fmadd_ps(f1, _mm512_mul_ps(s1, _mm512_loadu_ps(dx + g * 4 + 16)), acc1);
             }
@@ -476,7 +471,7 @@ static void q8_rows(void *p, int begin, int end) {
                 memcpy(&four, s + g, 4);
                 __m512 s0 = _mm512_castsi512_ps(_mm512_slli_epi32(
                     _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_set1_epi32(four), rep4)), 23));
-                __m512 f0 = _mm512_cvtepi32_ps(q8_quad(b + g * 16, qx + g * 32, a->nc + g * 4));
+                __m512 f0 = _mm512_cvtepi32_ps(q8_quad(b + g * 16, a->qv + g * 32, a->nc + g * 4));
                 acc0 = _mm512_fmadd_ps(f0, _mm512_mul_ps(s0, _mm512_loadu_ps(dx + g * 4)), acc0);
                 g += 4;
             }
@@ -515,6 +510,7 @@ void mxfp4_gemv_q8(const uint8_t *blocks, const uint8_t *scales, const float *x,
     uint8_t qa[G * 32];  /* |qx| */
     float dx[G * 4 + 4];  /* each group's scale / 2, four times (one per int32 lane), padded for the pair loads */
     int32_t nc[G * 4];  /* VNNI: -3 * the group's sum of qx, four times (see q8_quad) */
+    int8_t qv[(G + 3) / 4 * 128];  /* VNNI: qx per quad of groups: the even positions of all four, then the odd */
     for (int g = 0; g < G; g++) {
         const float *xg = x + g * 32;
         int32_t q[32];
@@ -538,6 +534,10 @@ void mxfp4_gemv_q8(const uint8_t *blocks, const uint8_t *scales, const float *x,
         int32_t sum = 0;
         for (int k = 0; k < 32; k++) sum += q[k];
         for (int k = 0; k < 4; k++) nc[g * 4 + k] = -3 * sum;
+        for (int k = 0; k < 16; k++) {
+            qv[(g & ~3) * 32 + (g & 3) * 16 + k] = (int8_t)q[2 * k];
+            qv[(g & ~3) * 32 + 64 + (g & 3) * 16 + k] = (int8_t)q[2 * k + 1];
+        }
         int e = q8_even(g, G), od = q8_odd(g, G);
         for (int k = 0; k < 16; k++) {
             qx[e + k] = (int8_t)q[2 * k];
@@ -547,7 +547,7 @@ void mxfp4_gemv_q8(const uint8_t *blocks, const uint8_t *scales, const float *x,
         }
     }
     for (int k = 0; k < 4; k++) dx[G * 4 + k] = 0.0f;
-    q8_args a = {blocks, scales, qx, qa, dx, bias, y, G, nc};
+    q8_args a = {blocks, scales, qx, qa, dx, bias, y, G, nc, qv};
     parallel_rows(q8_rows, &a, out, out < 64 * nthreads ? 1 : nthreads);
 }
 
