@@ -520,7 +520,8 @@ class LocalEngine:
     def session(self) -> Session:
         """A new session: its own KV cache and history over this engine's weights."""
         s = Session(self)
-        self._sessions.add(s)
+        with self._pool_lock:
+            self._sessions.add(s)
         return s
 
     @property
@@ -541,7 +542,8 @@ class LocalEngine:
         return sum(s.cache_bytes() for s in self._all_sessions())
 
     def _all_sessions(self) -> list[Session]:
-        return [*self._pool, *self._sessions]
+        with self._pool_lock:
+            return [*self._pool, *self._sessions]
 
     def _session(self) -> Session:
         """The session the step methods below act on: the last ``generate``'s in this context."""
