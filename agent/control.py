@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import contextlib
 import contextvars
 import inspect
@@ -48,11 +49,23 @@ from gptoss_agent.tools.base import ToolOutput
 if TYPE_CHECKING:
     from gptoss_agent.agent.loop import Agent
 
-__all__ = ["END_GENERATION", "NEXT_TOKEN", "Dispatch", "Generate", "Stopped", "SyncRunner", "drive"]
+__all__ = [
+    "END_GENERATION",
+    "NEXT_TOKEN",
+    "Dispatch",
+    "Generate",
+    "Lazy",
+    "Stopped",
+    "SyncRunner",
+    "drive",
+    "drive_batches",
+]
 
 T = TypeVar("T")
 _TOOL_GRACE = 0.5  # seconds a cancelled async tool gets to run its cleanup before the run goes on
 _POLL = 0.02
+_YIELD_EVERY = 64  # tokens taken from a producer's buffer between two turns of the event loop
+_BATCH = 256  # most events in one batch of drive_batches
 
 
 # -- effects: what the core asks the driver for ---------------------------------------------------
@@ -69,7 +82,15 @@ class Generate(_Effect):
     prompt: list[int]
     max_tokens: int | None
     constraint: Any = None
-    """A ``HarmonyGrammar`` for engines that take one (``supports_constraints``)."""
+    """A ``HarmonyGrammar`` for engines that take one (``supports_constraints``), or a ``Lazy``
+    one (compiled in the engine's thread, off the event loop and outside the run's waits)."""
+
+
+class Lazy:
+    """A value computed when the worker thread first needs it (``Generate.constraint``)."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
 
 
 @dataclass(frozen=True)
@@ -135,6 +156,7 @@ class RunControl:
         self.inbox: asyncio.Queue[tuple[str, Any, Any]] = asyncio.Queue()
         self.interrupted = False
         self.generation: _Producer | None = None
+        self.tokens = 0
 
     def interrupt(self) -> None:
         """Stop the run (thread-safe, and safe in a signal handler)."""
@@ -181,7 +203,11 @@ def _accepts_deadline(engine: Any) -> bool:
 
 
 class _Producer:
-    """One ``engine.generate`` call in a daemon thread; its tokens go to the run's inbox."""
+    """One ``engine.generate`` call in a daemon thread.
+
+    Its tokens go into ``buffer`` (a deque: appends and pops are atomic); the driver drains it
+    without waking anyone and is woken through the run's inbox only when it waits for a token
+    (``waiting``), so a fast engine costs no cross-thread call per token."""
 
     def __init__(self, agent: Agent, effect: Generate, control: RunControl) -> None:
         self.engine = agent.engine
@@ -191,6 +217,10 @@ class _Producer:
         self.post = control.post
         self.deadline = Deadline(control.deadline.at)
         self.stats: Any = None
+        self.buffer: collections.deque[int] = collections.deque()
+        self.ended = False
+        self.error: BaseException | None = None
+        self.waiting = False
         self.done = threading.Event()
         context = contextvars.copy_context()
         self.thread = threading.Thread(target=context.run, args=(self._work,), name="agent-engine", daemon=True)
@@ -207,12 +237,36 @@ class _Producer:
     def stop(self) -> None:
         self.deadline.cancel()
 
+    def _wake(self) -> None:
+        if self.waiting:
+            self.waiting = False
+            self.post(("wake", self, None))
+
+    async def next(self, control: RunControl) -> int | None:
+        """The next token; None at the end of the stream (the engine's error is raised)."""
+        while True:
+            if self.buffer:
+                return self.buffer.popleft()
+            if self.ended:
+                if self.buffer:
+                    continue
+                if self.error is not None:
+                    raise self.error
+                return None
+            self.waiting = True
+            if self.buffer or self.ended:
+                continue  # it came in meanwhile (a spare wake-up may follow: harmless)
+            await control.take(lambda item: item[1] is self)
+
     def _work(self) -> None:
         tokens: Any = None
         try:
             options: dict[str, Any] = {"deadline": self.deadline} if _accepts_deadline(self.engine) else {}
-            if self.effect.constraint is not None:
-                options["constraint"] = self.effect.constraint
+            constraint = self.effect.constraint
+            if isinstance(constraint, Lazy):
+                constraint = constraint.make()  # a grammar compiles for seconds: here, not on the loop
+            if constraint is not None:
+                options["constraint"] = constraint
             tokens = iter(
                 self.engine.generate(
                     self.effect.prompt,
@@ -224,13 +278,16 @@ class _Producer:
             )
             for token in tokens:
                 self.stats = getattr(self.engine, "last_stats", None)  # RemoteEngine's is per thread
-                self.post(("token", self, int(token)))
+                self.buffer.append(int(token))
+                self._wake()
                 if self.deadline.expired():
                     break
-            self.post(("end", self, None))
         except BaseException as e:
-            self.post(("error", self, e))
+            self.error = e
         finally:
+            self.ended = True
+            self.waiting = True  # the end is always announced
+            self._wake()
             close = getattr(tokens, "close", None)
             if close is not None:
                 with contextlib.suppress(Exception):
@@ -260,7 +317,19 @@ def stop_engine(agent: Agent, timeout: float | None = _EXIT_WAIT) -> bool:
 
 
 async def drive(agent: Agent, task: str | None) -> AsyncGenerator[AgentEvent, None]:
-    """Run one turn of ``agent`` (its core ``_run``) on the running event loop, yielding events."""
+    """Run one turn of ``agent`` (its core ``_run``) on the running event loop, yielding events
+    one by one: the core waits for the consumer at each of them."""
+    async with contextlib.aclosing(drive_batches(agent, task, batched=False)) as batches:
+        async for batch in batches:
+            for event in batch:
+                yield event
+
+
+async def drive_batches(agent: Agent, task: str | None, *, batched: bool = True) -> AsyncGenerator[list[AgentEvent], None]:
+    """``drive`` yielding the events in batches: each batch holds the events the core produced
+    until it had to wait (for the engine's next token, a tool, a new generation); no effect with
+    a side effect starts before the events before it were handed over. ``Agent.stream`` uses it,
+    so a sync caller pays one turn of the private event loop per batch, not per token."""
     if not agent._lock.acquire(blocking=False):
         raise RuntimeError("this agent is already running; one session runs one turn at a time")
     control = RunControl(agent.timeout)
@@ -268,16 +337,25 @@ async def drive(agent: Agent, task: str | None) -> AsyncGenerator[AgentEvent, No
     core = agent._run(task)
     reply: Any = None
     error: BaseException | None = None
+    pending: list[AgentEvent] = []
     try:
         while True:
             try:
                 item = core.throw(error) if error is not None else core.send(reply)
             except StopIteration:
+                if pending:
+                    yield pending
                 return
             reply, error = None, None
             if not isinstance(item, _Effect):
-                yield item
+                pending.append(item)
+                if not batched or len(pending) >= _BATCH:
+                    batch, pending = pending, []
+                    yield batch
                 continue
+            if pending and not _ready(control, item):
+                batch, pending = pending, []
+                yield batch
             try:
                 reply = await _perform(agent, control, item)
             except (Stopped, Exception) as e:  # the run's limits, or an engine or tool failure
@@ -294,14 +372,23 @@ async def drive(agent: Agent, task: str | None) -> AsyncGenerator[AgentEvent, No
         agent._lock.release()
 
 
+def _ready(control: RunControl, effect: _Effect) -> bool:
+    """Whether ``effect`` can be answered at once (no wait, no side effect)."""
+    if effect is END_GENERATION:
+        return True
+    producer = control.generation
+    return effect is NEXT_TOKEN and producer is not None and bool(producer.buffer or producer.ended)
+
+
 async def _perform(agent: Agent, control: RunControl, effect: _Effect) -> Any:
     if effect is NEXT_TOKEN:
         producer = control.generation
         assert producer is not None, "NEXT_TOKEN outside a generation"
-        kind, _, value = await control.take(lambda item: item[1] is producer)
-        if kind == "error":
-            raise value
-        return value if kind == "token" else None
+        control.check()
+        control.tokens += 1
+        if control.tokens % _YIELD_EVERY == 0:
+            await asyncio.sleep(0)  # a fast engine must not starve the caller's loop
+        return await producer.next(control)
     if effect is END_GENERATION:
         return _end_generation(agent, control)
     if isinstance(effect, Generate):

@@ -62,9 +62,11 @@ from gptoss_agent.agent.control import (
     NEXT_TOKEN,
     Dispatch,
     Generate,
+    Lazy,
     Stopped,
     SyncRunner,
     drive,
+    drive_batches,
     stop_engine,
 )
 from gptoss_agent.agent.events import (
@@ -385,21 +387,21 @@ class Agent:
         transcript records where it was cut).
         """
         runner = SyncRunner()
-        events = self.astream(task)
+        batches = drive_batches(self, task)  # one turn of the private loop per batch of events
 
-        async def step() -> AgentEvent:
-            return await anext(events)
+        async def step() -> list[AgentEvent]:
+            return await anext(batches)
 
         try:
             while True:
                 try:
-                    event = runner.run(step())
+                    batch = runner.run(step())
                 except StopAsyncIteration:
                     return
-                yield event
+                yield from batch
         finally:
             try:
-                runner.run(events.aclose())
+                runner.run(batches.aclose())
             finally:
                 runner.close()
 
@@ -579,7 +581,8 @@ class Agent:
         parser = StreamParser(self.enc, Role.ASSISTANT, record_tokens=True)
         generated = 0
         try:
-            grammar = self.constraints.grammar(self.enc, self.toolbox, step == 1, self.answer_schema)
+            first = step == 1  # the grammar is compiled in the engine's thread (seconds, the first time)
+            grammar = Lazy(lambda: self.constraints.grammar(self.enc, self.toolbox, first, self.answer_schema))
             yield Generate(prompt, budget, grammar)  # the driver runs the engine in a worker thread
             while True:
                 t0 = time.perf_counter()
