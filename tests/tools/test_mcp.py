@@ -263,6 +263,25 @@ def test_close_reaps_the_process_and_unknown_tools_are_named():
         os.kill(pid, 0)
 
 
+def test_a_slow_restart_does_not_count_against_the_call(tmp_path):
+    """The call after a dead server starts with a restart; the toolbox allows that on top of the call."""
+    started = tmp_path / "started"
+    slow_second_start = (
+        "import pathlib, runpy, sys, time\n"
+        f"marker = pathlib.Path({str(started)!r})\n"
+        "if marker.exists():\n    time.sleep(7.5)  # longer than the call's own limit plus the grace\n"
+        "marker.touch()\n"
+        f"runpy.run_path({SERVER!r}, run_name='__main__')\n"
+    )
+    with MCPServer.stdio(sys.executable, ["-c", slow_second_start], timeout=1.5) as server:
+        box = Toolbox([server])
+        first = int(box.dispatch("test_server.pid", "{}").content)
+        assert box.dispatch("test_server.die", "{}").is_error
+        out = box.dispatch("test_server.pid", "{}")
+        assert not out.is_error and int(out.content) != first, out.content
+        assert server.restarts == 1
+
+
 def test_a_server_that_cannot_start_is_one_sentence():
     server = MCPServer.stdio("/nonexistent/mcp-server", ["--flag"])
     with pytest.raises(MCPConnectionError) as info:
