@@ -90,12 +90,10 @@ def test_invalid_utf8_and_binary_output(any_session):
     assert any_session.run("bytes(range(5))").value == "b'\\x00\\x01\\x02\\x03\\x04'"
 
 
-def test_files_in_mnt_data_persist(any_session):
-    if any_session.backend == "dangerous-local":
-        pytest.skip("dangerous-local has no /mnt/data (it works in a temporary folder)")
-    ex = any_session.run("import os\nopen('/mnt/data/notes.txt', 'w').write('kept')\nos.getcwd()")
+def test_files_in_mnt_data_persist(session):  # the isolated backends (dangerous-local has no /mnt/data)
+    ex = session.run("import os\nopen('/mnt/data/notes.txt', 'w').write('kept')\nos.getcwd()")
     assert ex.value == "'/mnt/data'"
-    assert any_session.run("open('notes.txt').read()").value == "'kept'"
+    assert session.run("open('notes.txt').read()").value == "'kept'"
 
 
 def test_reset_forgets_everything(any_session):
