@@ -333,8 +333,8 @@ class ReplSession(ABC):
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         with self._lock:
+            self._ensure_started()  # a fresh driver's start has its own limit, STARTUP_TIMEOUT
             started = time.monotonic()
-            self._ensure_started()
             assert self._channel and self._reader
             request_id = secrets.token_hex(8)  # frames of any other request are not this call's
             self._channel.send(

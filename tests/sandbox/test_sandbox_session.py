@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import sys
 import threading
 
 import pytest
@@ -102,6 +103,22 @@ def test_reset_forgets_everything(any_session):
     ex = any_session.run("x")
     assert ex.error and "NameError" in ex.error and not ex.restarted
     assert any_session.run("import os; os.path.exists('f.txt')").value == "False"
+
+
+def test_a_slow_start_does_not_count_against_the_code(tmp_path):
+    """The timeout is the code's: a fresh interpreter's start (after a reset, on a loaded machine:
+    seconds) has its own limit. Here a Python that takes 2 s to start runs a 1 s cell."""
+    from gptoss_agent.sandbox.local import DangerousLocalSession
+
+    slow_python = tmp_path / "slow-python"
+    slow_python.write_text(f'#!/bin/sh\nsleep 2\nexec {sys.executable} "$@"\n')
+    slow_python.chmod(0o755)
+    with DangerousLocalSession(SMALL, python=str(slow_python)) as s:
+        ex = s.run("1 + 1", timeout=1)
+        assert (ex.value, ex.timed_out) == ("2", False), ex.output
+        s.reset()
+        ex = s.run("1 + 2", timeout=1)
+        assert (ex.value, ex.timed_out) == ("3", False), ex.output
 
 
 def test_async_and_threads(any_session):
