@@ -20,7 +20,15 @@ Measures, in one run, on this machine:
   compared with our decode at that same context; its one-position forward (what a step would cost
   it with a cache) is compared with our decode at ``--layer-context``. Its logits are checked
   against ours (fp32 on a tiny checkpoint, bf16 on the cut);
-* prefix reuse: a tool result appended after a long prefix prefills only its own tokens.
+* prefix reuse: a tool result appended after a long prefix prefills only its own tokens;
+* with ``--llama-cpp``, llama.cpp in the same run (``benchmarks/llama_cpp.py``: built from the
+  ``llama-cpp-python`` sdist with ``-DGGML_NATIVE=ON``, the checkpoint converted by its own
+  ``convert_hf_to_gguf.py``) on a cut of the 20b shape with the full vocabulary
+  (``--llama-cpp-layers``, default 4): prefill of 512 and 2048 tokens and decode at 128/2k/8k,
+  ours and theirs, and the ratios.
+
+The table names the CPU's vector and matrix features and the kernel build in use
+(``GPTOSS_KERNELS_ISA`` forces one).
 
 Decode contexts other than the prefill's length are reached by filling the KV cache with random
 keys and values (decode cost depends on the cache's length, not its contents): prefilling 8k
@@ -173,6 +181,63 @@ def bench_full(path: Path, contexts: list[int], decode_steps: int, prefill_token
         "prefill_tokens_per_s": prefill_tps,
         "decode": decode,
     }
+
+
+def bench_against_llama_cpp(
+    path: Path, prompts: list[int], contexts: list[int], steps: int, threads: int
+) -> dict:
+    """Ours and llama.cpp's prefill and decode rates on the same checkpoint, and ours / theirs."""
+    import llama_cpp  # benchmarks/llama_cpp.py, beside this file
+
+    binary = llama_cpp.build(CACHE)
+    gguf = llama_cpp.convert(path, CACHE)
+    engine = LocalEngine.from_checkpoint(path, device="cpu", dtype="bf16")
+    vocab = engine.model.config.vocab_size
+    ours: dict = {"prefill": {}, "decode": {}}
+    touch_weights(engine)
+    for n in prompts:
+        ids = torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+        engine.reset()
+        t = time.perf_counter()
+        engine.prefill(ids)
+        ours["prefill"][n] = n / (time.perf_counter() - t)
+        print(f"  ours prefill {n}: {ours['prefill'][n]:.1f} tok/s", file=sys.stderr)
+    for ctx in contexts:
+        fill_cache(engine, ctx)
+        ours["decode"][ctx] = decode_rate(engine, steps)
+        print(f"  ours decode at {ctx}: {ours['decode'][ctx]:.2f} tok/s", file=sys.stderr)
+    del engine
+    gc.collect()
+    theirs = llama_cpp.bench(binary, gguf, threads=threads, prompts=prompts, depths=contexts)
+    ratio = {
+        kind: {n: ours[kind][n] / theirs[kind][n]["tokens_per_s"] for n in ours[kind] if n in theirs[kind]}
+        for kind in ("prefill", "decode")
+    }
+    layers = open_checkpoint(path).config.num_hidden_layers
+    return {
+        "checkpoint": str(path),
+        "gguf": str(gguf),
+        "layers": layers,
+        "ours": ours,
+        "llama_cpp": theirs,
+        "ratio": ratio,
+    }
+
+
+CPU_FEATURES = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
+"""The vector and matrix features the table reports (Linux's names in ``/proc/cpuinfo``)."""
 
 
 def bench_layers_ours(path: Path, context: int, steps: int) -> float:
@@ -353,6 +418,11 @@ def main() -> int:
         help="prompt length for the cache-less reference (each step reruns it; ~200 MB per position per layer)",
     )
     p.add_argument("--reference-steps", type=int, default=3)
+    p.add_argument(
+        "--llama-cpp", action="store_true", help="llama.cpp in the same run (builds it once, cached)"
+    )
+    p.add_argument("--llama-cpp-layers", type=int, default=4, help="layers of the 20b cut both engines run")
+    p.add_argument("--llama-cpp-prompts", default="512,2048")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "model.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -366,7 +436,9 @@ def main() -> int:
             "threads": args.threads,
             "load_average": os.getloadavg(),
             "torch": torch.__version__,
-            "kernels": kernels.available(),
+            "kernels": kernels.describe(),
+            "kernel_isa": kernels.isa(),
+            "cpu_features": sorted(set(CPU_FEATURES) & kernels.cpu_features()),
         }
     }
     ceiling = bandwidth_ceiling()
@@ -426,6 +498,14 @@ def main() -> int:
                 print(f"reference decode skipped: {run.get('skipped')}", file=sys.stderr)
             pl["reference_one_position_s"] = run["one_position_forward_s_per_layer"]
             pl["speedup_vs_reference_one_position"] = run["one_position_forward_s_per_layer"] / ours
+    if args.llama_cpp:
+        cfg = PRESETS["20b"].with_layers(args.llama_cpp_layers)
+        peer = ensure_checkpoint(CACHE / f"gpt-oss-20b-{args.llama_cpp_layers}layers", cfg)
+        prompts = [int(n) for n in args.llama_cpp_prompts.split(",")]
+        results["llama_cpp"] = bench_against_llama_cpp(
+            peer, prompts, contexts, args.decode_steps, args.threads
+        )
+        gc.collect()
     results["prefix_reuse"] = bench_prefix_reuse(cut, args.prefix, 64)
     results["peak_rss_gib"] = peak_rss_gib()
     # the machine is shared: take the ceiling as the best of a copy before and after the runs
@@ -444,7 +524,13 @@ def main() -> int:
 
 def print_table(r: dict) -> None:
     samples = ", ".join(f"{x:.1f}" for x in r.get("bandwidth_ceiling_samples_gb_s", []))
-    rows = [("bandwidth ceiling (copy, r+w)", f"{r['bandwidth_ceiling_gb_s']:.1f} GB/s (best of {samples})")]
+    m = r["machine"]
+    rows = [
+        ("CPU", f"{m['cpu']}, {m['threads']} threads, load {m['load_average'][0]:.1f}"),
+        ("CPU features", " ".join(m.get("cpu_features", [])) or "-"),
+        ("kernels in use", f"{m.get('kernel_isa')}"),
+        ("bandwidth ceiling (copy, r+w)", f"{r['bandwidth_ceiling_gb_s']:.1f} GB/s (best of {samples})"),
+    ]
     if "full_20b" in r:
         f = r["full_20b"]
         rows += [
@@ -505,6 +591,18 @@ def print_table(r: dict) -> None:
                     f"{d['decode_max_abs_delta']:.2f}); logits up to {d['max_abs_logit']:.1f}",
                 )
             )
+    if "llama_cpp" in r:
+        lc = r["llama_cpp"]
+        tag = f"{lc['layers']} layers, full vocab"
+        for kind, unit in (("prefill", "tokens"), ("decode", "context")):
+            for n, ratio in lc["ratio"][kind].items():
+                ours, theirs = lc["ours"][kind][n], lc["llama_cpp"][kind][n]["tokens_per_s"]
+                rows.append(
+                    (
+                        f"{kind} ({unit} {n}, {tag}) ours / llama.cpp",
+                        f"{ours:.2f} / {theirs:.2f} tok/s = {ratio:.2f}x",
+                    )
+                )
     pr = r["prefix_reuse"]
     rows.append(
         (
