@@ -176,3 +176,37 @@ def test_bad_token_ids_in_a_transcript_are_one_clear_error():
     line = {"role": "assistant", "content": "x", "metadata": {"token_ids": ["a"]}}
     with pytest.raises(ValueError, match="token_ids must be a list of token ids"):
         Message.from_dict(line)
+
+
+def test_a_real_engine_reuses_every_shared_token_across_steps_and_a_dropped_turn(enc, tiny_engine):
+    """The real LocalEngine (tiny random checkpoint, sliding window 128) driven by the loop, tokens
+    forced from the script: within a turn every step reuses all it can; on the new turn the
+    finished turn's reasoning (over 128 tokens before the turn's end) is dropped, and reuse
+    reaches the first dropped message."""
+    from gptoss_agent.agent.scripted import ForcedEngine
+
+    window = tiny_engine.model.config.sliding_window
+    long_think = "I should add the numbers with the tool, then check the result. " * 20
+    first_call = THINK_THEN_CALL.replace("The user wants 1+2; use the add tool.", long_think)
+    assert len(enc.encode_ordinary(long_think)) > window
+    script = [first_call, CALL_JSON_WITHOUT_CONSTRAIN, THINK_THEN_ANSWER, *SECOND_TURN]
+    session = tiny_engine.session() if hasattr(tiny_engine, "session") else tiny_engine
+    session.reset()
+    engine = ForcedEngine(session, script, enc=enc)
+    agent = Agent(engine, [add], enc=enc, date=DATE)
+    usage = []
+    for task in ("What are 1+2 and 3+4?", "And 3+7?"):
+        usage += [e.usage for e in agent.stream(task) if isinstance(e, StepDone)]
+    prompts = engine.script.prompts
+    generated = [engine.script.encode(s) for s in script]
+    assert len(usage) == 5
+    for k in (1, 2, 4):  # within a turn: everything but the new tool message and header
+        assert usage[k].reused_tokens == len(prompts[k - 1]) + len(generated[k - 1]) - 1
+        assert usage[k].prefilled_tokens == len(prompts[k]) - usage[k].reused_tokens < 40
+    held = prompts[2] + generated[2][:-1]
+    common = next(i for i, (a, b) in enumerate(zip(held, prompts[3], strict=False)) if a != b)
+    assert agent.messages[3].recipient == "functions.add"  # system, developer, user, (reasoning dropped)
+    dropped = render_conversation(agent.messages[:3], enc, auto_drop_analysis=False)  # up to the drop
+    assert len(held) - len(dropped) > window  # the drop lies beyond the sliding window's reach
+    assert len(dropped) <= usage[3].reused_tokens <= common
+    assert usage[3].prefilled_tokens == len(prompts[3]) - usage[3].reused_tokens
