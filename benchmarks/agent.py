@@ -328,6 +328,7 @@ def session(enc: Any, checkpoint: Path, *, turns: int, steps: int, reasoning: in
                         "shortfall": getattr(stats, "reuse_shortfall", None),
                     }
                 )
+                print(f"  turn {t} step {event.step}: {rows[-1]}", file=sys.stderr, flush=True)
         if t:
             dropped = next(i for i, m in enumerate(before) if m.channel == "analysis")
             turn_rows.append(
