@@ -5,7 +5,8 @@
 1. Stop latency: seconds past ``timeout`` until ``run`` returns, for a sync tool that ignores its
    deadline (abandoned), an async tool (cancelled) and a local engine in the middle of a long
    prefill (the tiny random checkpoint, 3.5k-token prompt; default chunks of 2048 and chunks of
-   32), and for cancelling ``arun`` mid-tool and mid-prefill: seconds from ``task.cancel()`` to the
+   32; the process's first local run also builds the constrained-decoding grammar's vocabulary,
+   which holds the GIL, and is reported apart), and for cancelling ``arun`` mid-tool and mid-prefill: seconds from ``task.cancel()`` to the
    ``CancelledError``, and to the engine's thread ending.
 2. The driver's cost per token: a 4,000-token answer streamed through ``Agent.run`` from a
    ``ScriptedEngine`` (generation instant), against the same tokens fed straight to harmony's
@@ -80,6 +81,9 @@ def _stop_latencies(enc: Any, repeats: int) -> dict[str, float]:
         return make
 
     results = {
+        # the process's first local run also builds llguidance's view of the vocabulary for the
+        # constrained-decoding grammar, in native code that holds the GIL: nothing can stop that
+        "timeout_local_first_run_of_the_process_s": past(local(2048), 2.0, 1),
         "timeout_sync_tool_s": past(scripted("nap", nap), 1.0),
         "timeout_async_tool_s": past(scripted("doze", doze), 1.0),
         "timeout_local_prefill_chunk2048_s": past(local(2048), 2.0, 1),
