@@ -15,11 +15,12 @@ the forms gpt-oss writes: the recipient after the channel (``<|channel|>commenta
 to=functions.f <|constrain|>json<|message|>``) or in the role position (``to=functions.f
 <|channel|>commentary``), with `` <|constrain|>json``, `` json`` or (for free-text tools) `` code``.
 
-The mask only bites where it must: each sampled token is first checked against the matcher
-(microseconds); only a token the grammar refuses costs a full vocabulary mask and a resample
-from the masked distribution. Sampling then rejecting then resampling from the renormalised rest
-draws from exactly the masked distribution, so reasoning and free text run at full speed and the
-result is the same as masking every step.
+The mask only bites where it must (``ConstraintState.choose``): each sampled token is first
+checked against the matcher (microseconds); only a token the grammar refuses costs a full
+vocabulary mask and a draw among the allowed tokens. Sampling, refusing, then drawing from the
+renormalised rest samples exactly the masked distribution, so reasoning and free text run at full
+speed and the result is the same as masking every step. Where the grammar keeps refusing (a
+stretch that allows few tokens), the draw goes straight to the allowed tokens.
 
 Why llguidance (not xgrammar): it takes a tiktoken vocabulary directly, matches harmony's
 special tokens inside the grammar (xgrammar's grammars see only text, so a control token can
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -221,26 +222,49 @@ class ConstraintState:
     def __init__(self, matcher: Any, vocab_size: int):
         self._matcher = matcher
         self._vocab = vocab_size
+        self._biting = False
         self.masked_steps = 0
-        """Steps where the sampled token was refused and the full mask was computed."""
+        """Steps that computed the full mask (a refused token, or a stretch the grammar narrows)."""
 
     def allows(self, token: int) -> bool:
         """Whether ``token`` may come next (cheap: no vocabulary mask)."""
         return bool(self._matcher.validate_tokens([token]) == 1)
 
-    def mask(self, logits: torch.Tensor) -> torch.Tensor:
-        """``logits (vocab,)`` with every token the grammar refuses at ``-inf`` (a new tensor)."""
-        # numpy, single-threaded: torch's intra-op threads only add barriers on a vector this short
+    def allowed(self, width: int) -> np.ndarray:
+        """The ids below ``width`` the grammar allows next (the full mask: ~0.2 ms for 201k)."""
         self.masked_steps += 1
         words = np.zeros((self._vocab + 31) // 32, dtype="<u4")
         self._matcher.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
-        allowed = np.unpackbits(words.view(np.uint8), bitorder="little")  # bit j of word i: token 32i+j
-        width = logits.shape[-1]
-        values = logits.detach().float().cpu().numpy()
-        out = torch.from_numpy(np.where(allowed[:width].astype(bool), values, np.float32(-np.inf)))
-        if not allowed[:width].any():
+        bits = np.unpackbits(words.view(np.uint8), bitorder="little")[:width]  # bit j of word i: id 32i+j
+        ids = np.flatnonzero(bits)
+        if not ids.size:
             raise ConstraintError(f"the grammar allows no token of the model's vocabulary: {self.error()}")
+        return ids
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits (vocab,)`` with every token the grammar refuses at ``-inf`` (a new tensor)."""
+        out = torch.full((logits.shape[-1],), float("-inf"))
+        ids = torch.from_numpy(self.allowed(logits.shape[-1]))
+        out[ids] = logits.detach().float().cpu()[ids]
         return out
+
+    def choose(self, logits: torch.Tensor, sample: Callable[[torch.Tensor], int]) -> int:
+        """The next token: ``sample(logits)`` when the grammar takes it, else a draw from the
+        allowed tokens (the masked distribution: sampling, refusing and drawing again from the rest
+        is exactly that). While the grammar bites (few tokens allowed, e.g. inside arguments a model
+        does not write by itself), the draw is made among the allowed tokens directly."""
+        token = -1
+        if not self._biting:
+            token = sample(logits)
+            if self.allows(token):
+                self.advance(token)
+                return token
+        ids = self.allowed(logits.shape[-1])
+        self._biting = ids.size < logits.shape[-1] // 2
+        index = torch.from_numpy(ids)
+        token = int(index[sample(logits.detach().float().cpu()[index])])
+        self.advance(token)
+        return token
 
     def advance(self, token: int) -> None:
         """Move past ``token`` (which ``allows`` must have accepted)."""

