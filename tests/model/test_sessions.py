@@ -136,7 +136,6 @@ def conversation(gen, seed: int) -> list[list[int]]:
 
 def test_threads_over_one_engine_get_what_each_gets_alone(ckpt, engine):
     alone = {k: conversation(new_engine(ckpt).generate, k) for k in range(4)}
-    engine.batch_wait = 0.5  # let the 4 threads' steps meet in batches even on a loaded machine
     got: dict[int, list[list[int]]] = {}
     errors: list[BaseException] = []
     barrier = threading.Barrier(4)
@@ -184,3 +183,16 @@ def test_idle_sessions_are_dropped_past_the_cache_budget(ckpt):
     stats = sessions[0].last_stats
     assert stats.reused_tokens == 0 and "cache_budget" in (stats.reuse_shortfall or "")
     assert again == cold(ckpt, ids[0], 4)
+
+
+def test_agents_sharing_a_system_prompt_keep_their_own_histories(ckpt, engine):
+    system = prompt(300, seed=40)
+    a, b = system + prompt(20, seed=41), system + prompt(25, seed=42)
+    out_a = list(engine.generate(a, sampling=GREEDY, max_tokens=4))
+    out_b = list(engine.generate(b, sampling=GREEDY, max_tokens=4))
+    assert engine.last_stats.reused_tokens == 300  # b started from a copy of the system prompt
+    a2, b2 = a + out_a + [5, 6], b + out_b + [7, 8]
+    assert list(engine.generate(a2, sampling=GREEDY, max_tokens=4)) == cold(ckpt, a2, 4)
+    assert engine.last_stats.reused_tokens == len(a) + 3  # a's own history, untouched by b
+    list(engine.generate(b2, sampling=GREEDY, max_tokens=4))
+    assert engine.last_stats.reused_tokens == len(b) + 3
