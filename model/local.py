@@ -45,8 +45,8 @@ from typing import Any
 import torch
 from gptoss_agent.model import kernels as _kernels
 from gptoss_agent.model.cache import KVCache
-from gptoss_agent.model.constrain import ConstraintState, HarmonyGrammar
 from gptoss_agent.model.checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from gptoss_agent.model.constrain import ConstraintState, HarmonyGrammar
 from gptoss_agent.model.engine import Deadline, Engine, GenerationStats, Sampling
 from gptoss_agent.model.tokenizer import SPECIAL_TOKENS
 from gptoss_agent.model.transformer import Transformer
