@@ -481,6 +481,7 @@ class Agent:
             if outcome.call is None and outcome.answer is None and outcome.last_final is not None:
                 outcome.answer = outcome.last_final  # a final message ended with <|end|>: still the answer
             tool_seconds = 0.0
+            ended: str
             if outcome.call is not None and self.toolbox.is_external(outcome.call.recipient):
                 reason = ended = StopReason.TOOL_CALL  # its caller runs it, then resumes
             elif outcome.call is not None:

@@ -112,7 +112,7 @@ def parse_chat_request(body: Any, memory: ReasoningMemory) -> ChatRequest:
             reasoning = m.get("reasoning_content") or m.get("reasoning")
             calls = m.get("tool_calls") or []
             expect(calls, list, f"{where}.tool_calls")
-            recalled = [memory.recall(c.get("id")) if isinstance(c, dict) else None for c in calls]
+            recalled = [memory.recall(str(c.get("id"))) if isinstance(c, dict) else None for c in calls]
             if reasoning and not any(recalled):
                 history.append(_analysis(str(reasoning)))
             if text and calls and not any(recalled):  # words before a call: a preamble
