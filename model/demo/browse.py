@@ -224,7 +224,10 @@ def browser_conversation(rng: random.Random, setting: Setting, enc: Any, split: 
     if results.is_error or page.is_error:
         raise RuntimeError(f"the corpus browser failed: {results.content} {page.content}")
     fact = sentence.format(name=target.name, v=target.facts[attr])
-    line = next(i for i, text in enumerate(browser.pages[-1].lines) if text == fact)
+    lines = [i for i, text in enumerate(browser.pages[-1].lines) if text == fact]
+    if not lines:  # the fact wrapped over two lines: a citation of one line would not hold it
+        raise RuntimeError(f"the fact {fact!r} does not fit on one line")
+    line = lines[0]
     cursor = browser.cursors[-1]
     fill = {"name": target.name, "attr": word if attr != "year" else "completion year", "id": link, "line": line}
     effort = setting.effort
