@@ -27,7 +27,6 @@ import platform
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -147,9 +146,9 @@ def decode_step_ms(layers: int, steps: int) -> float:
     from gptoss_agent.model.local import LocalEngine
     from gptoss_agent.model.random_checkpoint import write_random_checkpoint
 
-    path = CACHE / f"constrain-20b-{layers}l"
+    path = CACHE / f"20b-{layers}l"  # the same cut benchmarks/agent.py uses
     if not (path / "config.json").exists():
-        write_random_checkpoint(path, replace(PRESETS["gpt-oss-20b"].with_layers(layers)), format="hf")
+        write_random_checkpoint(path, PRESETS["20b"].with_layers(layers), format="hf")
     engine = LocalEngine.from_checkpoint(path, device="cpu", dtype="bf16")
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, 199_000, (128,), generator=g).tolist()

@@ -246,6 +246,7 @@ class ResponsesRun:
         self.created = now()
         self.effort = effort_from((body.get("reasoning") or {}).get("effort"), "reasoning.effort")
         tools = conversations.tools(self.conversation, config, request.builtins)
+        self.browser = next((t for t in tools if hasattr(t, "citations")), None)
         self.agent = build_agent(
             config,
             tools=tools,
@@ -342,6 +343,7 @@ class ResponsesRun:
             )
         else:
             part = item["content"][0]
+            part["annotations"] = self._annotations(part["text"])
             events.append(
                 self._event(
                     "response.output_text.done",
@@ -364,6 +366,16 @@ class ResponsesRun:
         item["status"] = "completed"
         events.append(self._event("response.output_item.done", output_index=index, item=dict(item)))
         return events
+
+    def _annotations(self, text: str) -> list[dict[str, Any]]:
+        """The browser's citations (``【3†L10-L15】``) in an answer, as ``url_citation``s."""
+        if self.browser is None:
+            return []
+        return [
+            {"type": "url_citation", "start_index": c.start, "end_index": c.end, "url": c.url, "title": c.title or ""}
+            for c in self.browser.citations(text)
+            if c.url
+        ]
 
     def _delta(self, kind: str, text: str, step: int) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
