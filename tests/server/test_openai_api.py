@@ -21,7 +21,7 @@ from gptoss_agent.model.tokenizer import load_tokenizer
 from gptoss_agent.server import create_app
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from websim import web_fixture  # noqa: E402, F401  (the `web` fixture: a local site and search APIs)
+from websim import web_fixture  # noqa: F401  (the `web` fixture: a local site and search APIs)
 
 ENC = load_tokenizer()
 
@@ -321,16 +321,20 @@ def test_code_interpreter_runs_on_the_server(serve):
 def test_web_search_runs_on_the_server_and_cites(serve, web):
     """The browser searches and opens a page of a local site; the answer's citation becomes a
     ``url_citation`` annotation pointing at that page."""
-    engine = ScriptedEngine([
-        '<|channel|>analysis<|message|>Search it.<|end|><|start|>assistant<|channel|>analysis to=browser.search code'
-        '<|message|>{"query": "tidal turbines"}<|call|>',
-        '<|channel|>analysis to=browser.open code<|message|>{"id": 0}<|call|>',
-        "<|channel|>final<|message|>Record output 【1†L1-L2】.<|return|>",
-    ])
+    engine = ScriptedEngine(
+        [
+            "<|channel|>analysis<|message|>Search it.<|end|><|start|>assistant<|channel|>analysis to=browser.search code"
+            '<|message|>{"query": "tidal turbines"}<|call|>',
+            '<|channel|>analysis to=browser.open code<|message|>{"id": 0}<|call|>',
+            "<|channel|>final<|message|>Record output 【1†L1-L2】.<|return|>",
+        ]
+    )
     client = serve(engine, tools=["browser"], builtins={"browser": lambda: web.browser("searxng", enc=ENC)})
     out = client.responses.create(model="gpt-oss", input="Any tidal news?", tools=[{"type": "web_search"}])
     calls = [item for item in out.output if item.type == "web_search_call"]
-    assert [c.action.type for c in calls] == ["search", "open_page"] and calls[0].action.query == "tidal turbines"
+    assert [c.action.type for c in calls] == ["search", "open_page"] and calls[
+        0
+    ].action.query == "tidal turbines"
     message = out.output[-1]
     [annotation] = message.content[0].annotations
     assert annotation.type == "url_citation" and annotation.url == "http://news.test/articles/tide-energy"
