@@ -18,7 +18,7 @@ import datetime as dt
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from gptoss_agent.agent.messages import Message, Role
 from gptoss_agent.model.demo.render import Item, Step, assistant, items_of, tool_message
@@ -94,9 +94,9 @@ class Setting:
         if "browser" in self.builtins:
             tools.append(Browser(_NoSearch()))
         if "python" in self.builtins:
-            tools.append(Python(sandbox=_NoSandbox()))
+            tools.append(Python(sandbox=cast(Any, _NoSandbox())))
         tools += list(function_tools)
-        return Agent(_NoEngine(), tools=tools, reasoning_effort=self.effort, date=self.date, enc=enc)
+        return Agent(cast(Any, _NoEngine()), tools=tools, reasoning_effort=self.effort, date=self.date, enc=enc)
 
     def head(self, enc: Any, user: str, function_tools: Sequence[Any] = ()) -> list[Message]:
         """System, developer (when there are function tools) and user messages, as the Agent builds them."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gptoss_agent.agent.harmony import (
     CALL,
@@ -95,7 +96,7 @@ def generated_tokens(messages: Sequence[Message], enc: object) -> list[int]:
     return out
 
 
-def items_of(head: Sequence[Message], steps: Sequence[Step], enc: object, skill: str) -> list[Item]:
+def items_of(head: Sequence[Message], steps: Sequence[Step], enc: Any, skill: str) -> list[Item]:
     """The training items of one conversation: ``head`` (system, developer, user) then ``steps``."""
     history = list(head)
     items = []
