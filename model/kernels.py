@@ -364,7 +364,8 @@ def _scratch(n: int) -> torch.Tensor:
     """A float32 buffer of at least ``n`` elements, reused (fresh pages cost more than the widening)."""
     buf = getattr(_scratch_buf, "t", None)
     if buf is None or buf.numel() < n:
-        buf = torch.empty(n, dtype=torch.float32)
+        with torch.inference_mode(False):  # a normal tensor: callers in and out of inference mode write it
+            buf = torch.empty(n, dtype=torch.float32)
         _scratch_buf.t = buf
     return buf[:n]
 

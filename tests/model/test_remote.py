@@ -211,6 +211,7 @@ def test_agent_round_trip_with_a_scripted_tool_call(remote, local, enc):
         forced = [*prompt_ids, *header]
         seen["prompt"], seen["local"] = forced, list(local.generate(forced, sampling=GREEDY, max_tokens=6))
         seen["remote"] = list(remote.generate(forced, stop=STOP, sampling=GREEDY, max_tokens=6))
+        seen["stats"] = remote.last_stats  # per thread: this is the agent's engine thread
         return [*header, *seen["remote"], RETURN]
 
     script = [
@@ -228,7 +229,7 @@ def test_agent_round_trip_with_a_scripted_tool_call(remote, local, enc):
     assert result.stop_reason is StopReason.ANSWER, result.stop_reason
     assert seen["remote"] == seen["local"]
     assert result.answer == enc.decode(seen["remote"])
-    assert remote.last_stats.prompt_tokens == len(prompt)
+    assert seen["stats"].prompt_tokens == len(prompt)
 
 
 def _tokenizer_checkpoint(checkpoint: Path, out: Path) -> Path:
