@@ -230,39 +230,43 @@ class ConstraintState:
         """Whether ``token`` may come next (cheap: no vocabulary mask)."""
         return bool(self._matcher.validate_tokens([token]) == 1)
 
-    def allowed(self, width: int) -> np.ndarray:
-        """The ids below ``width`` the grammar allows next (the full mask: ~0.2 ms for 201k)."""
+    def _bits(self, width: int) -> np.ndarray:
+        """One byte per id below ``width``: 1 where the grammar allows it next (~0.1 ms for 201k)."""
         self.masked_steps += 1
         words = np.zeros((self._vocab + 31) // 32, dtype="<u4")
         self._matcher.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
         bits = np.unpackbits(words.view(np.uint8), bitorder="little")[:width]  # bit j of word i: id 32i+j
-        ids = np.flatnonzero(bits)
-        if not ids.size:
+        if not bits.any():
             raise ConstraintError(f"the grammar allows no token of the model's vocabulary: {self.error()}")
-        return ids
+        return bits
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits (vocab,)`` with every token the grammar refuses at ``-inf`` (a new tensor)."""
-        out = torch.full((logits.shape[-1],), float("-inf"))
-        ids = torch.from_numpy(self.allowed(logits.shape[-1]))
-        out[ids] = logits.detach().float().cpu()[ids]
-        return out
+        # numpy, single-threaded: torch's intra-op threads only add barriers on a vector this short
+        bits = self._bits(logits.shape[-1])
+        values = logits.detach().float().cpu().numpy()
+        return torch.from_numpy(np.where(bits.astype(bool), values, np.float32(-np.inf)))
 
     def choose(self, logits: torch.Tensor, sample: Callable[[torch.Tensor], int]) -> int:
         """The next token: ``sample(logits)`` when the grammar takes it, else a draw from the
         allowed tokens (the masked distribution: sampling, refusing and drawing again from the rest
         is exactly that). While the grammar bites (few tokens allowed, e.g. inside arguments a model
         does not write by itself), the draw is made among the allowed tokens directly."""
-        token = -1
         if not self._biting:
             token = sample(logits)
             if self.allows(token):
                 self.advance(token)
                 return token
-        ids = self.allowed(logits.shape[-1])
-        self._biting = ids.size < logits.shape[-1] // 2
-        index = torch.from_numpy(ids)
-        token = int(index[sample(logits.detach().float().cpu()[index])])
+        width = logits.shape[-1]
+        bits = self._bits(width)
+        ids = np.flatnonzero(bits)
+        self._biting = ids.size < width // 64  # a narrow stretch: skip the unconstrained draw
+        if ids.size < width // 2:
+            index = torch.from_numpy(ids)
+            token = int(index[sample(logits.detach().float().cpu()[index])])
+        else:
+            values = logits.detach().float().cpu().numpy()
+            token = sample(torch.from_numpy(np.where(bits.astype(bool), values, np.float32(-np.inf))))
         self.advance(token)
         return token
 
