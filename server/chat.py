@@ -244,20 +244,16 @@ class ChatRun:
         self.agent.load(request.history)
         self.first_new = len(self.agent.messages)
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> str:
-        return (
-            "data: "
-            + dumps(
-                {
-                    "id": self.id,
-                    "object": "chat.completion.chunk",
-                    "created": self.created,
-                    "model": self.config.model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                }
-            )
-            + "\n\n"
-        )
+    def _chunk(self, delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
+        """One ``chat.completion.chunk`` event (``delta`` None: no choice, e.g. the usage chunk)."""
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+        body = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.config.model,
+        }
+        return "data: " + dumps({**body, "choices": choices, **extra}) + "\n\n"
 
     async def stream(self) -> AsyncIterator[str]:
         """Server-sent events: role, reasoning and content deltas, the call, the finish, usage."""
@@ -277,20 +273,7 @@ class ChatRun:
             yield self._chunk({"tool_calls": [{"index": 0, **calls[0]}]})
         yield self._chunk({}, self._finish_reason(result))
         if self.request.include_usage:
-            yield (
-                "data: "
-                + dumps(
-                    {
-                        "id": self.id,
-                        "object": "chat.completion.chunk",
-                        "created": self.created,
-                        "model": self.config.model,
-                        "choices": [],
-                        "usage": self._usage(result),
-                    }
-                )
-                + "\n\n"
-            )
+            yield self._chunk(None, usage=self._usage(result))
         yield "data: [DONE]\n\n"
 
     async def complete(self) -> dict[str, Any]:
