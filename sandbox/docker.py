@@ -76,8 +76,10 @@ def reap_leftovers(client: Any) -> int:
     """Remove sandbox containers whose owning process (on this host) is gone. Returns how many."""
     removed = 0
     host = socket.gethostname()
-    for container in client.containers.list(all=True, filters={"label": LABEL}):
-        labels = container.labels or {}
+    # The low-level list: the high-level one inspects each container it lists, and one that another
+    # session removes in between (a concurrent close, auto_remove) made it raise NotFound.
+    for container in client.api.containers(all=True, filters={"label": LABEL}):
+        labels = container.get("Labels") or {}
         if labels.get(f"{LABEL}.host") != host:
             continue
         try:
@@ -87,7 +89,7 @@ def reap_leftovers(client: Any) -> int:
         if pid > 0 and _alive(pid):
             continue
         with contextlib.suppress(Exception):
-            container.remove(force=True)
+            client.api.remove_container(container["Id"], force=True)
             removed += 1
     return removed
 

@@ -55,6 +55,25 @@ def test_container_is_locked_down(client):
         client.api.inspect_container(container_id)
 
 
+def test_reaping_survives_a_container_removed_while_it_lists(client):
+    """Another session's container can go between the engine's list and a look at it (a concurrent
+    close, auto_remove): a new session must still open (seen as NotFound from an MCP server's second
+    HTTP session)."""
+    from gptoss_agent.sandbox.docker import LABEL, reap_leftovers
+    from gptoss_agent.sandbox.image import DEFAULT_IMAGE
+
+    labels = {LABEL: "1", f"{LABEL}.host": socket.gethostname(), f"{LABEL}.pid": str(os.getpid())}
+    gone = client.containers.create(DEFAULT_IMAGE, ["true"], labels=labels, network_mode="none").id
+    listed = client.api.containers(all=True, filters={"label": LABEL})
+    client.api.remove_container(gone, force=True)
+    original = client.api.containers
+    client.api.containers = lambda *a, **kw: listed  # the list as it was before the removal
+    try:
+        reap_leftovers(client)  # raised docker.errors.NotFound when it inspected each listed container
+    finally:
+        client.api.containers = original
+
+
 def test_leftovers_of_dead_owners_are_reaped(client):
     from gptoss_agent.sandbox.docker import LABEL, reap_leftovers
     from gptoss_agent.sandbox.image import DEFAULT_IMAGE
