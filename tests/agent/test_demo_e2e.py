@@ -25,13 +25,9 @@ import httpx
 import pytest
 from gptoss_agent.agent.loop import Agent
 from gptoss_agent.model.demo import functions as demo_functions
-from gptoss_agent.model.demo.pack import ARCHIVE
 from gptoss_agent.model.engine import Sampling
 
-pytestmark = [
-    pytest.mark.skipif(not ARCHIVE.is_file(), reason="the demo model is not packed in this tree"),
-    pytest.mark.bwrap,
-]
+pytestmark = pytest.mark.bwrap  # the demo model ships in the package: a missing ARCHIVE fails loudly
 
 GREEDY = Sampling(temperature=0.0)
 

@@ -10,11 +10,10 @@ from dataclasses import replace
 
 import pytest
 import torch
+import transformers  # the test extra: a collection-time skip would escape the CI skip policy
 from gptoss_agent.model import LocalEngine, Sampling
 from gptoss_agent.model.config import PRESETS
 from gptoss_agent.model.random_checkpoint import write_random_checkpoint
-
-transformers = pytest.importorskip("transformers")
 
 VOCAB = 1024
 ATOL = 1e-4
