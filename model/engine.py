@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Deadline", "Engine", "GenerationStats", "Sampling"]
+__all__ = ["ContextStats", "Deadline", "Engine", "GenerationStats", "Sampling"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +87,23 @@ class Deadline:
     def __repr__(self) -> str:
         left = self.remaining()
         return f"Deadline({'cancelled' if self.cancelled else 'none' if left is None else f'{left:.3f}s left'})"
+
+
+class ContextStats:
+    """``last_stats`` kept per thread and asyncio task, for engines that several agents share: each
+    caller reads the numbers of its own latest call. The engine creates the variable in its
+    ``__init__`` (``self._stats = contextvars.ContextVar(name, default=None)``)."""
+
+    def __get__(self, engine: Any, owner: type | None = None) -> GenerationStats:
+        var: contextvars.ContextVar[GenerationStats | None] = engine._stats
+        stats = var.get()
+        if stats is None:
+            stats = GenerationStats()
+            var.set(stats)
+        return stats
+
+    def __set__(self, engine: Any, stats: GenerationStats) -> None:
+        engine._stats.set(stats)
 
 
 @runtime_checkable

@@ -47,7 +47,7 @@ from gptoss_agent.model import kernels as _kernels
 from gptoss_agent.model.cache import KVCache
 from gptoss_agent.model.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from gptoss_agent.model.constrain import ConstraintState, HarmonyGrammar
-from gptoss_agent.model.engine import Deadline, Engine, GenerationStats, Sampling
+from gptoss_agent.model.engine import ContextStats, Deadline, Engine, GenerationStats, Sampling
 from gptoss_agent.model.tokenizer import SPECIAL_TOKENS
 from gptoss_agent.model.transformer import Transformer
 
@@ -538,18 +538,8 @@ class LocalEngine:
             self._sessions.add(s)
         return s
 
-    @property
-    def last_stats(self) -> GenerationStats:
-        """Numbers of the latest ``generate`` started in this thread or asyncio task."""
-        stats = self._stats.get()
-        if stats is None:
-            stats = GenerationStats()
-            self._stats.set(stats)
-        return stats
-
-    @last_stats.setter
-    def last_stats(self, stats: GenerationStats) -> None:
-        self._stats.set(stats)
+    last_stats = ContextStats()
+    """Numbers of the latest ``generate`` started in this thread or asyncio task."""
 
     def cache_bytes(self) -> int:
         """Bytes of KV cache held by all sessions (the pool's and ``session()``'s)."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from gptoss_agent.model.engine import Deadline, GenerationStats, Sampling
+from gptoss_agent.model.engine import ContextStats, Deadline, GenerationStats, Sampling
 
 __all__ = [
     "ContextTooLong",
@@ -154,18 +154,8 @@ class RemoteEngine:
         self._served: ServedModel | None = None
         self._lock = threading.Lock()
 
-    @property
-    def last_stats(self) -> GenerationStats:
-        """Numbers of the latest call made in this thread or asyncio task."""
-        stats = self._stats.get()
-        if stats is None:
-            stats = GenerationStats()
-            self._stats.set(stats)
-        return stats
-
-    @last_stats.setter
-    def last_stats(self, stats: GenerationStats) -> None:
-        self._stats.set(stats)
+    last_stats = ContextStats()
+    """Numbers of the latest call made in this thread or asyncio task."""
 
     def __repr__(self) -> str:
         return f"RemoteEngine({self.base_url!r}, model={self.config.model!r})"
