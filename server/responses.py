@@ -261,7 +261,8 @@ class ResponsesRun:
         self.agent.load(request.history)
         self.first_new = len(self.agent.messages)
         self.output: list[dict[str, Any]] = []
-        self._open: dict[str, Any] | None = None  # the item receiving deltas
+        self._open: dict[str, Any] | None = None  # the item receiving deltas, at output[_open_index]
+        self._open_index = -1
         self._open_step = -1
         self._tool_item: dict[str, Any] | None = None
         self._seq = 0
@@ -320,49 +321,28 @@ class ResponsesRun:
         self._seq += 1
         return {"type": kind, "sequence_number": self._seq - 1, **fields}
 
+    def _part(self, kind: str, item: dict[str, Any], index: int, **fields: Any) -> dict[str, Any]:
+        """An event about the first content part of output item ``index``."""
+        return self._event(kind, item_id=item["id"], output_index=index, content_index=0, **fields)
+
     def _add(self, item: dict[str, Any]) -> list[dict[str, Any]]:
         self.output.append(item)
         return [self._event("response.output_item.added", output_index=len(self.output) - 1, item=dict(item))]
 
     def _close(self) -> list[dict[str, Any]]:
-        item, self._open = self._open, None
+        item, index, self._open = self._open, self._open_index, None
         if item is None:
             return []
-        index = self.output.index(item)
         events = []
+        part = item["content"][0]
         if item["type"] == "reasoning":
-            text = item["content"][0]["text"] if item["content"] else ""
-            events.append(
-                self._event(
-                    "response.reasoning_text.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    text=text,
-                )
-            )
+            events.append(self._part("response.reasoning_text.done", item, index, text=part["text"]))
         else:
-            part = item["content"][0]
             part["annotations"] = self._annotations(part["text"])
             events.append(
-                self._event(
-                    "response.output_text.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    text=part["text"],
-                    logprobs=[],
-                )
+                self._part("response.output_text.done", item, index, text=part["text"], logprobs=[])
             )
-            events.append(
-                self._event(
-                    "response.content_part.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    part=dict(part),
-                )
-            )
+            events.append(self._part("response.content_part.done", item, index, part=dict(part)))
         item["status"] = "completed"
         events.append(self._event("response.output_item.done", output_index=index, item=dict(item)))
         return events
@@ -372,7 +352,13 @@ class ResponsesRun:
         if self.browser is None:
             return []
         return [
-            {"type": "url_citation", "start_index": c.start, "end_index": c.end, "url": c.url, "title": c.title or ""}
+            {
+                "type": "url_citation",
+                "start_index": c.start,
+                "end_index": c.end,
+                "url": c.url,
+                "title": c.title or "",
+            }
             for c in self.browser.citations(text)
             if c.url
         ]
@@ -399,44 +385,21 @@ class ResponsesRun:
                     "content": [],
                 }
             events += self._add(item)
-            self._open, self._open_step = item, step
-            index = len(self.output) - 1
+            self._open, self._open_index, self._open_step = item, len(self.output) - 1, step
             if kind == "reasoning":
                 item["content"].append({"type": "reasoning_text", "text": ""})
             else:
                 part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
                 events.append(
-                    self._event(
-                        "response.content_part.added",
-                        item_id=item["id"],
-                        output_index=index,
-                        content_index=0,
-                        part=dict(part),
-                    )
+                    self._part("response.content_part.added", item, self._open_index, part=dict(part))
                 )
                 item["content"].append(part)
-        index = self.output.index(item)
         item["content"][0]["text"] += text
         if kind == "reasoning":
-            events.append(
-                self._event(
-                    "response.reasoning_text.delta",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    delta=text,
-                )
-            )
+            events.append(self._part("response.reasoning_text.delta", item, self._open_index, delta=text))
         else:
             events.append(
-                self._event(
-                    "response.output_text.delta",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    delta=text,
-                    logprobs=[],
-                )
+                self._part("response.output_text.delta", item, self._open_index, delta=text, logprobs=[])
             )
         return events
 
