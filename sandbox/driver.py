@@ -175,10 +175,12 @@ class TextStream(io.TextIOBase):
         if not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
         driver = self._driver
-        now = time.monotonic()
-        if now - driver.collected > 0.0002:  # at most every 0.2 ms: cheap for print loops
-            driver.collect_pipes()
-        driver.recorder.add(self._name, s)
+        # Under the pump's lock: a pump thread that is recording what a subprocess wrote (it sets
+        # ``collected`` before it reads) finishes first, so that output keeps its place.
+        with driver.pump_lock:
+            if time.monotonic() - driver.collected > 0.0002:  # at most every 0.2 ms: cheap for print loops
+                driver.collect_pipes()
+            driver.recorder.add(self._name, s)
         return len(s)
 
 
@@ -214,7 +216,7 @@ class Driver:
         self.pid = os.getpid()
         self.send_lock = threading.Lock()
         self.recorder = Recorder(self.send, 1)
-        self.pump_lock = threading.Lock()
+        self.pump_lock = threading.RLock()  # reentrant: a write holds it while it collects
         self.pipes = {}
         self.collected = 0.0
         for fd, name in ((1, "stdout"), (2, "stderr")):
