@@ -378,7 +378,12 @@ void mxfp4_gemm(const uint8_t *blocks, const uint8_t *scales, const float *x, co
  * table lookup, and the products are summed in integers (maddubs/madd); only the group scale is float.
  * qx layout per pair of groups (g, g+1), 64 bytes: even positions of g, even of g+1, odd of g, odd of g+1,
  * the order a 32-byte load of both groups' packed bytes decodes to; an odd last group: even, then odd. */
-typedef struct { const uint8_t *blocks, *scales; const int8_t *qx; const uint8_t *qa; const float *dx, *bias; float *y; int G; const int32_t *nc; const int8_t *qv; } q8_args;
+typedef struct { const uint8_t *blocks, *scales; const int8_t *qx; const uint8_t *qa; const float *dx, *bias; float *y; int G; const int32_t *nc; const int8_t *qv; int T, out; } q8_args;
+/* Per-row sizes of the quantized activations (rows t = 0..T-1 lie one after another). */
+#define Q8_X(G) ((G) * 32)
+#define Q8_DX(G) ((G) * 4 + 4)
+#define Q8_NC(G) ((G) * 4)
+#define Q8_QV(G) (((G) + 3) / 4 * 128)
 
 /* Where group g's even (and odd) positions start in qx. */
 static inline int q8_even(int g, int G) { return g % 2 == 0 && g + 1 == G ? g * 32 : (g - g % 2) * 32 + (g % 2) * 16; }
@@ -439,78 +444,80 @@ static inline __m512i q8_quad(const uint8_t *b, const int8_t *q, const int32_t *
 }
 #endif
 
-static void q8_rows(void *p, int begin, int end) {
-    q8_args *a = (q8_args *)p;
+/* Output row o for activation row t; the same operations in the same order for any T, so a row's
+ * result does not depend on the rows beside it. */
+static inline float q8_dot(const q8_args *a, int o, int t) {
     int G = a->G;
-    const int8_t *qx = a->qx;
-    const float *dx = a->dx;
-    for (int o = begin; o < end; o++) {
-        const uint8_t *b = a->blocks + (size_t)o * G * 16;
-        const uint8_t *s = a->scales + (size_t)o * G;
-        float r = 0.0f;
-        int g = 0;
+    const int8_t *qx = a->qx + (size_t)t * Q8_X(G);
+    const float *dx = a->dx + (size_t)t * Q8_DX(G);
+    const int32_t *nc = a->nc + (size_t)t * Q8_NC(G);
+    const int8_t *qv = a->qv + (size_t)t * Q8_QV(G);
+    const uint8_t *b = a->blocks + (size_t)o * G * 16;
+    const uint8_t *s = a->scales + (size_t)o * G;
+    float r = 0.0f;
+    (void)nc; (void)qv;
+    int g = 0;
 #ifdef HAVE_VNNI
-        {
-            const __m128i rep4 = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-            __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
-            for (; g + 8 <= G; g += 8) {  /* two independent quads per step */
-                _mm_prefetch((const char *)(b + g * 16 + 1024), _MM_HINT_T0);
-                int32_t four[2];
-                memcpy(four, s + g, 8);
-                __m512 s0 = _mm512_castsi512_ps(_mm512_slli_epi32(
-                    _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_set1_epi32(four[0]), rep4)), 23));
-                __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(
-                    _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_set1_epi32(four[1]), rep4)), 23));
-                __m512 f0 = _mm512_cvtepi32_ps(q8_quad(b + g * 16, a->qv + g * 32, a->nc + g * 4));
-                __m512 f1 = _mm512_cvtepi32_ps(q8_quad(b + g * 16 + 64, a->qv + g * 32 + 128, a->nc + g * 4 + 16));
-                acc0 = _mm512_fmadd_ps(f0, _mm512_mul_ps(s0, _mm512_loadu_ps(dx + g * 4)), acc0);
-                acc1 = _mm512_fmadd_ps(f1, _mm512_mul_ps(s1, _mm512_loadu_ps(dx + g * 4 + 16)), acc1);
-            }
-            if (g + 4 <= G) {
-                int32_t four;
-                memcpy(&four, s + g, 4);
-                __m512 s0 = _mm512_castsi512_ps(_mm512_slli_epi32(
-                    _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_set1_epi32(four), rep4)), 23));
-                __m512 f0 = _mm512_cvtepi32_ps(q8_quad(b + g * 16, a->qv + g * 32, a->nc + g * 4));
-                acc0 = _mm512_fmadd_ps(f0, _mm512_mul_ps(s0, _mm512_loadu_ps(dx + g * 4)), acc0);
-                g += 4;
-            }
-            r = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    {
+        const __m128i rep4 = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+        for (; g + 8 <= G; g += 8) {  /* two independent quads per step */
+            _mm_prefetch((const char *)(b + g * 16 + 1024), _MM_HINT_T0);
+            int32_t four[2];
+            memcpy(four, s + g, 8);
+            __m512 s0 = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_set1_epi32(four[0]), rep4)), 23));
+            __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_set1_epi32(four[1]), rep4)), 23));
+            __m512 f0 = _mm512_cvtepi32_ps(q8_quad(b + g * 16, qv + g * 32, nc + g * 4));
+            __m512 f1 = _mm512_cvtepi32_ps(q8_quad(b + g * 16 + 64, qv + g * 32 + 128, nc + g * 4 + 16));
+            acc0 = _mm512_fmadd_ps(f0, _mm512_mul_ps(s0, _mm512_loadu_ps(dx + g * 4)), acc0);
+            acc1 = _mm512_fmadd_ps(f1, _mm512_mul_ps(s1, _mm512_loadu_ps(dx + g * 4 + 16)), acc1);
         }
+        if (g + 4 <= G) {
+            int32_t four;
+            memcpy(&four, s + g, 4);
+            __m512 s0 = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_set1_epi32(four), rep4)), 23));
+            __m512 f0 = _mm512_cvtepi32_ps(q8_quad(b + g * 16, qv + g * 32, nc + g * 4));
+            acc0 = _mm512_fmadd_ps(f0, _mm512_mul_ps(s0, _mm512_loadu_ps(dx + g * 4)), acc0);
+            g += 4;
+        }
+        r = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    }
 #endif
 #ifdef HAVE_AVX2
-        const uint8_t *qa = a->qa;
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
-        for (; g + 4 <= G; g += 4) {  /* two independent pairs per step; dx is pre-halved: 2^(s-127) * dx/2 */
-            _mm_prefetch((const char *)(b + g * 16 + 1024), _MM_HINT_T0);
-            __m256 s01, s23;
-            q8_scales4(s + g, &s01, &s23);
-            __m256 f0 = _mm256_cvtepi32_ps(q8_pair(b + g * 16, qx + g * 32, qa + g * 32));
-            __m256 f1 = _mm256_cvtepi32_ps(q8_pair(b + g * 16 + 32, qx + g * 32 + 64, qa + g * 32 + 64));
-            acc0 = _mm256_fmadd_ps(f0, _mm256_mul_ps(s01, _mm256_loadu_ps(dx + g * 4)), acc0);
-            acc1 = _mm256_fmadd_ps(f1, _mm256_mul_ps(s23, _mm256_loadu_ps(dx + g * 4 + 8)), acc1);
-        }
-        if (g + 2 <= G) {
-            __m256 sc = _mm256_set_m128(_mm_set1_ps(SCALE[s[g + 1]]), _mm_set1_ps(SCALE[s[g]]));
-            __m256 f0 = _mm256_cvtepi32_ps(q8_pair(b + g * 16, qx + g * 32, qa + g * 32));
-            acc0 = _mm256_fmadd_ps(f0, _mm256_mul_ps(_mm256_add_ps(sc, sc), _mm256_loadu_ps(dx + g * 4)), acc0);
-            g += 2;
-        }
-        r += hsum(_mm256_add_ps(acc0, acc1));
-#endif
-        for (; g < G; g++) r += (float)q8_group(b, qx, g, G) * (dx[g * 4] * (2.0f * SCALE[s[g]]));
-        a->y[o] = r + (a->bias ? a->bias[o] : 0.0f);
+    const uint8_t *qa = a->qa + (size_t)t * Q8_X(G);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+    for (; g + 4 <= G; g += 4) {  /* two independent pairs per step; dx is pre-halved: 2^(s-127) * dx/2 */
+        _mm_prefetch((const char *)(b + g * 16 + 1024), _MM_HINT_T0);
+        __m256 s01, s23;
+        q8_scales4(s + g, &s01, &s23);
+        __m256 f0 = _mm256_cvtepi32_ps(q8_pair(b + g * 16, qx + g * 32, qa + g * 32));
+        __m256 f1 = _mm256_cvtepi32_ps(q8_pair(b + g * 16 + 32, qx + g * 32 + 64, qa + g * 32 + 64));
+        acc0 = _mm256_fmadd_ps(f0, _mm256_mul_ps(s01, _mm256_loadu_ps(dx + g * 4)), acc0);
+        acc1 = _mm256_fmadd_ps(f1, _mm256_mul_ps(s23, _mm256_loadu_ps(dx + g * 4 + 8)), acc1);
     }
+    if (g + 2 <= G) {
+        __m256 sc = _mm256_set_m128(_mm_set1_ps(SCALE[s[g + 1]]), _mm_set1_ps(SCALE[s[g]]));
+        __m256 f0 = _mm256_cvtepi32_ps(q8_pair(b + g * 16, qx + g * 32, qa + g * 32));
+        acc0 = _mm256_fmadd_ps(f0, _mm256_mul_ps(_mm256_add_ps(sc, sc), _mm256_loadu_ps(dx + g * 4)), acc0);
+        g += 2;
+    }
+    r += hsum(_mm256_add_ps(acc0, acc1));
+#endif
+    for (; g < G; g++) r += (float)q8_group(b, qx, g, G) * (dx[g * 4] * (2.0f * SCALE[s[g]]));
+    return r + (a->bias ? a->bias[o] : 0.0f);
 }
 
-void mxfp4_gemv_q8(const uint8_t *blocks, const uint8_t *scales, const float *x, const float *bias, float *y,
-                   int out, int G, int nthreads) {
-    init_scales();
-    int8_t qx[G * 32];
-    uint8_t qa[G * 32];  /* |qx| */
-    float dx[G * 4 + 4];  /* each group's scale / 2, four times (one per int32 lane), padded for the pair loads */
-    int32_t nc[G * 4];  /* VNNI: -3 * the group's sum of qx, four times (see q8_quad) */
-    int8_t qv[(G + 3) / 4 * 128];  /* VNNI: qx per quad of groups: the even positions of all four, then the odd */
+static void q8_rows(void *p, int begin, int end) {
+    q8_args *a = (q8_args *)p;
+    for (int o = begin; o < end; o++)
+        for (int t = 0; t < a->T; t++) a->y[(size_t)t * a->out + o] = q8_dot(a, o, t);
+}
+
+/* Row x (G groups of 32) quantized into one row of each buffer (sizes: Q8_X, Q8_DX, Q8_NC, Q8_QV). */
+static void q8_quantize(const float *x, int G, int8_t *qx, uint8_t *qa, float *dx, int32_t *nc, int8_t *qv) {
     for (int g = 0; g < G; g++) {
         const float *xg = x + g * 32;
         int32_t q[32];
@@ -547,8 +554,22 @@ void mxfp4_gemv_q8(const uint8_t *blocks, const uint8_t *scales, const float *x,
         }
     }
     for (int k = 0; k < 4; k++) dx[G * 4 + k] = 0.0f;
-    q8_args a = {blocks, scales, qx, qa, dx, bias, y, G, nc, qv};
-    parallel_rows(q8_rows, &a, out, out < 64 * nthreads ? 1 : nthreads);
+}
+
+/* y[t] = W x[t] + bias for T rows (decode steps of T sequences): W is read once for all of them. */
+void mxfp4_gemv_q8(const uint8_t *blocks, const uint8_t *scales, const float *x, const float *bias, float *y,
+                   int T, int out, int G, int nthreads) {
+    init_scales();
+    int8_t qx[T * Q8_X(G)];
+    uint8_t qa[T * Q8_X(G)];  /* |qx| */
+    float dx[T * Q8_DX(G)];  /* each group's scale / 2, four times (one per int32 lane), padded for the pair loads */
+    int32_t nc[T * Q8_NC(G)];  /* VNNI: -3 * the group's sum of qx, four times (see q8_quad) */
+    int8_t qv[T * Q8_QV(G)];  /* VNNI: qx per quad of groups: the even positions of all four, then the odd */
+    for (int t = 0; t < T; t++)
+        q8_quantize(x + (size_t)t * G * 32, G, qx + t * Q8_X(G), qa + t * Q8_X(G), dx + t * Q8_DX(G),
+                    nc + t * Q8_NC(G), qv + t * Q8_QV(G));
+    q8_args a = {blocks, scales, qx, qa, dx, bias, y, G, nc, qv, T, out};
+    parallel_rows(q8_rows, &a, out, out * T < 64 * nthreads ? 1 : nthreads);
 }
 
 /* ---- y[t, o] = sum_i W[o, i] x[t, i] + bias[o], W bf16 (out, in) ---- */
@@ -560,6 +581,49 @@ static inline float bf16_to_f32(uint16_t h) {
     memcpy(&f, &bits, 4);
     return f;
 }
+
+#ifdef HAVE_AVX512
+/* Output row w for tb <= 4 token rows of xs (even/odd split per 32, row t at xs + t * in): each 64-byte
+ * load of weights (32 of them, split into even and odd lanes as in decode) serves every token. The full
+ * 32-blocks only; r[t] gets the sums. Inlined with a constant tb, the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void bf_tile512(const uint16_t *w, const float *xs, int in, int tb, float *r) {
+    const __m512i odd = _mm512_set1_epi32((int)0xFFFF0000u);
+    __m512 ce[4], co[4];
+    for (int t = 0; t < tb; t++) ce[t] = co[t] = _mm512_setzero_ps();
+    for (int i = 0; i + 32 <= in; i += 32) {
+        __m512i v = _mm512_loadu_si512(w + i);
+        __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), wo = _mm512_castsi512_ps(_mm512_and_si512(v, odd));
+        for (int t = 0; t < tb; t++) {
+            ce[t] = _mm512_fmadd_ps(we, _mm512_loadu_ps(xs + (size_t)t * in + i), ce[t]);
+            co[t] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xs + (size_t)t * in + i + 16), co[t]);
+        }
+    }
+    for (int t = 0; t < tb; t++) r[t] = _mm512_reduce_add_ps(_mm512_add_ps(ce[t], co[t]));
+}
+/* The same for two output rows (w0, w1) at once: each load of xs serves both. */
+static inline __attribute__((always_inline)) void bf_tile512x2(const uint16_t *w0, const uint16_t *w1, const float *xs, int in,
+                                                               int tb, float *r0, float *r1) {
+    const __m512i odd = _mm512_set1_epi32((int)0xFFFF0000u);
+    __m512 ae[4], ao[4], be[4], bo[4];
+    for (int t = 0; t < tb; t++) ae[t] = ao[t] = be[t] = bo[t] = _mm512_setzero_ps();
+    for (int i = 0; i + 32 <= in; i += 32) {
+        __m512i v = _mm512_loadu_si512(w0 + i), u = _mm512_loadu_si512(w1 + i);
+        __m512 ve = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), vo = _mm512_castsi512_ps(_mm512_and_si512(v, odd));
+        __m512 ue = _mm512_castsi512_ps(_mm512_slli_epi32(u, 16)), uo = _mm512_castsi512_ps(_mm512_and_si512(u, odd));
+        for (int t = 0; t < tb; t++) {
+            __m512 xe = _mm512_loadu_ps(xs + (size_t)t * in + i), xo = _mm512_loadu_ps(xs + (size_t)t * in + i + 16);
+            ae[t] = _mm512_fmadd_ps(ve, xe, ae[t]);
+            ao[t] = _mm512_fmadd_ps(vo, xo, ao[t]);
+            be[t] = _mm512_fmadd_ps(ue, xe, be[t]);
+            bo[t] = _mm512_fmadd_ps(uo, xo, bo[t]);
+        }
+    }
+    for (int t = 0; t < tb; t++) {
+        r0[t] = _mm512_reduce_add_ps(_mm512_add_ps(ae[t], ao[t]));
+        r1[t] = _mm512_reduce_add_ps(_mm512_add_ps(be[t], bo[t]));
+    }
+}
+#endif
 
 static void bf_rows(void *p, int begin, int end) {
     bf_args *a = (bf_args *)p;
@@ -591,6 +655,41 @@ static void bf_rows(void *p, int begin, int end) {
             a->y[o] = r + bias;
             continue;
         }
+        /* a batch of decode rows: output rows in pairs (the last alone), tokens in tiles of 4 */
+        int pair = o + 1 < end;
+        const uint16_t *w1 = w + in;
+        float bias1 = pair && a->bias ? a->bias[o + 1] : 0.0f;
+        for (int t0 = 0; t0 < T; t0 += 4) {
+            int tb = T - t0 < 4 ? T - t0 : 4;
+            float r[4], r1[4];
+            const float *xs = a->xs + (size_t)t0 * in;
+            if (pair) {
+                switch (tb) {
+                    case 4: bf_tile512x2(w, w1, xs, in, 4, r, r1); break;
+                    case 3: bf_tile512x2(w, w1, xs, in, 3, r, r1); break;
+                    case 2: bf_tile512x2(w, w1, xs, in, 2, r, r1); break;
+                    default: bf_tile512x2(w, w1, xs, in, 1, r, r1); break;
+                }
+            } else {
+                switch (tb) {
+                    case 4: bf_tile512(w, xs, in, 4, r); break;
+                    case 3: bf_tile512(w, xs, in, 3, r); break;
+                    case 2: bf_tile512(w, xs, in, 2, r); break;
+                    default: bf_tile512(w, xs, in, 1, r); break;
+                }
+            }
+            for (int t = 0; t < tb; t++) {
+                const float *x = a->x + (size_t)(t0 + t) * in;
+                for (int k = in / 32 * 32; k < in; k++) {
+                    r[t] += bf16_to_f32(w[k]) * x[k];
+                    if (pair) r1[t] += bf16_to_f32(w1[k]) * x[k];
+                }
+                a->y[(size_t)(t0 + t) * a->out + o] = r[t] + bias;
+                if (pair) a->y[(size_t)(t0 + t) * a->out + o + 1] = r1[t] + bias1;
+            }
+        }
+        o += pair;
+        continue;
 #endif
 #ifdef HAVE_AVX2
 #define BF16X8(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
@@ -638,14 +737,16 @@ static void bf_rows(void *p, int begin, int end) {
 void bf16_gemv(const uint16_t *w, const float *x, const float *bias, float *y, int T, int out, int in, int nthreads) {
     float *xs = 0;
 #ifdef HAVE_AVX512
-    if (T == 1) {  /* per 32 values: the 16 at even positions, then the 16 at odd ones (the tail stays in x) */
-        xs = malloc(((size_t)in + 32) * sizeof(float));
+    if (T < 64) {  /* each row, per 32 values: the 16 at even positions, then the 16 at odd ones (tails stay in x) */
+        /* 64-byte aligned (rows too when in % 16 == 0): a 64-byte load across two cache lines costs two */
+        xs = aligned_alloc(64, ((size_t)T * in + 32) * sizeof(float) / 64 * 64 + 64);
         if (!xs) abort();
-        for (int b = 0; b + 32 <= in; b += 32)
-            for (int k = 0; k < 16; k++) {
-                xs[b + k] = x[b + 2 * k];
-                xs[b + 16 + k] = x[b + 2 * k + 1];
-            }
+        for (int t = 0; t < T; t++)
+            for (int b = 0; b + 32 <= in; b += 32)
+                for (int k = 0; k < 16; k++) {
+                    xs[(size_t)t * in + b + k] = x[(size_t)t * in + b + 2 * k];
+                    xs[(size_t)t * in + b + 16 + k] = x[(size_t)t * in + b + 2 * k + 1];
+                }
     }
 #endif
     bf_args a = {w, x, bias, y, T, out, in, xs};

@@ -233,7 +233,7 @@ def expert_linear(
 ) -> torch.Tensor:
     """Expert ``e`` of projection ``w`` applied to ``x (T, in)``, plus its bias row.
 
-    ``int8`` lets the CPU kernel quantise a single decoding row to int8 per 32-value group
+    ``int8`` lets the CPU kernel quantise each row (a decode step) to int8 per 32-value group
     (llama.cpp's trick: ~1e-3 relative error, about twice the speed); never used in fp32 mode.
     """
     if isinstance(w, MXFP4Experts):
@@ -268,22 +268,26 @@ class MLPBlock(nn.Module):
         self.int8_activations = False
         """Decode MXFP4 experts with int8 activations (bf16 mode on the CPU; see ``expert_linear``)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, decoding: bool = False) -> torch.Tensor:
+        """``x (T, hidden)`` through the MoE. ``decoding``: the rows are next tokens of separate
+        sequences (a batch of decode steps), which may take int8 activations as one token does;
+        prefill stays exact."""
         t = self.norm(x)
+        q8 = self.int8_activations and (decoding or x.shape[0] == 1)
         logits = linear(t, self.gate_weight, self.gate_bias)  # (T, E)
         top = torch.topk(logits, k=self.top_k, dim=-1, sorted=True)
         expert_weights = torch.softmax(top.values.float(), dim=-1).to(x.dtype)  # (T, k)
         if x.shape[0] == 1:  # decoding: run the k chosen experts directly
             out = torch.zeros_like(x)
             for e, w in zip(top.indices[0].tolist(), expert_weights[0], strict=True):
-                out += self._expert(e, t) * w
+                out += self._expert(e, t, q8) * w
             return x + out
         chosen = top.indices
         if x.shape[0] <= SMALL_BATCH:  # a batch of decoding rows: each expert once, its rows together
             parts = torch.empty(x.shape[0], self.top_k, x.shape[1], dtype=x.dtype, device=x.device)
             for e in chosen.unique().tolist():
                 rows, slot = torch.where(chosen == e)
-                parts[rows, slot] = self._expert(e, t[rows])
+                parts[rows, slot] = self._expert(e, t[rows], q8)
             out = torch.zeros_like(x)
             for s in range(self.top_k):
                 out += parts[:, s] * expert_weights[:, s, None]
@@ -291,12 +295,11 @@ class MLPBlock(nn.Module):
         out = torch.zeros_like(x)
         for e in chosen.unique().tolist():
             rows, slot = torch.where(chosen == e)
-            out.index_add_(0, rows, self._expert(e, t[rows]) * expert_weights[rows, slot, None])
+            out.index_add_(0, rows, self._expert(e, t[rows], q8) * expert_weights[rows, slot, None])
         return x + out
 
-    def _expert(self, e: int, t: torch.Tensor) -> torch.Tensor:
+    def _expert(self, e: int, t: torch.Tensor, q8: bool) -> torch.Tensor:
         """Expert ``e`` on its tokens ``t (n, hidden)``: up-project, SwiGLU, down-project."""
-        q8 = self.int8_activations
         h = expert_linear(self.mlp1, e, t, self.mlp1_bias[e], int8=q8)  # (n, 2*intermediate)
         h = swiglu(h, self.alpha, self.limit)  # (n, intermediate)
         return expert_linear(self.mlp2, e, h, self.mlp2_bias[e], int8=q8)  # (n, hidden)
@@ -384,11 +387,12 @@ class Transformer(nn.Module):
         Batched decoding: the dense weights (attention projections, router, unembedding) and each
         chosen expert are read once for the whole batch; only attention runs per sequence.
         """
-        x = self.embedding[tokens].to(self.compute_dtype)  # (B, hidden)
-        for i, (attn, mlp) in enumerate(zip(self.attn, self.mlp, strict=True)):
-            x = cast(AttentionBlock, attn).forward_batch(x, [c.layers[i] for c in caches])
-            x = mlp(x)
-        return linear(self.norm(x), self.unembedding).float()
+        with kernels.torch_on_one_thread():
+            x = self.embedding[tokens].to(self.compute_dtype)  # (B, hidden)
+            for i, (attn, mlp) in enumerate(zip(self.attn, self.mlp, strict=True)):
+                x = cast(AttentionBlock, attn).forward_batch(x, [c.layers[i] for c in caches])
+                x = mlp(x, decoding=True)
+            return linear(self.norm(x), self.unembedding).float()
 
     # ---- construction ------------------------------------------------------------------
 

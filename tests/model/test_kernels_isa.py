@@ -46,12 +46,12 @@ def test_the_build_has_the_instructions_it_is_named_for(isa):
     assert f"({isa}: " in kernels.describe()
 
 
-@pytest.mark.parametrize("tokens", [1, 3, 9])  # decode; the 8-token tiles and their tail
+@pytest.mark.parametrize("tokens", [1, 3, 4, 9])  # decode; tiles of 4 (AVX-512) and 8 (AVX2) and their tails
 @pytest.mark.parametrize("inp", [96, 200, 4096])  # 64-wide steps + a 32 tail; a scalar tail; whole
 def test_bf16_matvec(isa, tokens, inp):
     gen = torch.Generator().manual_seed(inp + tokens)
-    w = torch.randn(70, inp, generator=gen).bfloat16()
-    x, bias = torch.randn(tokens, inp, generator=gen), torch.randn(70, generator=gen)
+    w = torch.randn(71, inp, generator=gen).bfloat16()  # 71: output rows in pairs and one alone
+    x, bias = torch.randn(tokens, inp, generator=gen), torch.randn(71, generator=gen)
     want = x.double() @ w.double().T + bias.double()
     _close(kernels.linear(x, w, bias), want, 1e-5)  # float32 sums of up to 4096 products
     _close(kernels.linear(x, w, None), want - bias.double(), 1e-5)
@@ -95,6 +95,21 @@ def test_int8_matvec_is_the_exact_product_of_quantized_activations(isa, groups):
     got = kernels.mxfp4_linear(x, blocks, scales, bias, int8=True)
     _close(got, _quantized(x) @ w.T + bias.double(), 1e-6)  # integer sums: exact up to float rounding
     _close(got, x.double() @ w.T + bias.double(), 1e-2)  # the int8 rounding itself, vs fp32
+
+
+@pytest.mark.parametrize("tokens", [2, 4, 15])  # a batch of decoding sequences, up to the GEMM's threshold
+@pytest.mark.parametrize("groups", [3, 9, 90])
+def test_int8_rows_of_a_batch_each_equal_their_own_matvec(isa, tokens, groups):
+    """Batched decode: each row is quantized by itself and comes out bit for bit as it does alone,
+    so a sequence decodes the same in a batch of sessions as by itself."""
+    blocks, scales, bias = _mxfp4(300, groups, seed=groups + tokens)  # 300 rows: split over threads
+    x = torch.randn(tokens, groups * 32, generator=torch.Generator().manual_seed(tokens)) * 3
+    got = kernels.mxfp4_linear(x, blocks, scales, bias, int8=True)
+    assert got is not None and got.shape == (tokens, 300)
+    for t in range(tokens):
+        alone = kernels.mxfp4_linear(x[t : t + 1], blocks, scales, bias, int8=True)
+        assert torch.equal(got[t : t + 1], alone), t
+        _close(got[t : t + 1], _quantized(x[t : t + 1]) @ dequantize(blocks, scales).double().T + bias.double(), 1e-6)
 
 
 @pytest.mark.parametrize("cache", [torch.float32, torch.bfloat16])
