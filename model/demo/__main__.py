@@ -26,8 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("out")
     t.add_argument("--minutes", type=float, default=60.0)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--skills", default="python", help="comma-separated: python,functions,browser")
     t.add_argument("--weights", default="", help="batch shares, e.g. python=2,functions=1,browser=1")
+    t.add_argument("--skills", default="python", help="comma-separated: python,functions,browser,copy (a training aid: repeat numbers)")
+    t.add_argument("--first", default="", help="SKILLS:FRACTION, e.g. copy,python:0.4: those skills alone first")
+    t.add_argument("--digit-weight", type=float, default=3.0, help="loss weight of digit targets")
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--batch-tokens", type=int, default=3072)
     t.add_argument("--qat-from", type=float, default=0.85)
@@ -58,9 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         for part in filter(None, args.weights.split(",")):
             k, _, v = part.partition("=")
             weights[k.strip()] = float(v)
+        first, _, fraction = args.first.partition(":")
         cfg = TrainConfig(
             minutes=args.minutes, seed=args.seed, lr=args.lr, batch_tokens=args.batch_tokens,
             skills=skills, weights=weights, qat_from=args.qat_from, threads=args.threads,
+            first_skills=tuple(s for s in first.split(",") if s), first_fraction=float(fraction or 0),
+            digit_weight=args.digit_weight,
             max_steps=args.max_steps, model=json.loads(args.model) if args.model else {},
         )  # fmt: skip
         train(args.out, cfg, log=_log(args.log))

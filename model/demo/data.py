@@ -269,6 +269,40 @@ def python_conversation(rng: random.Random, setting: Setting, enc: Any, split: s
     return Conversation("python", head, steps, value, {"code": code, "digits": len(value.lstrip("-"))})
 
 
+# ---- copy: repeat numbers back (a training aid, not an evaluated skill) ---------------------
+#
+# Every other skill needs the model to copy numbers (question -> code, tool output -> answer), and
+# copying needs induction heads (find the earlier occurrence of this token, emit the one after it).
+# Those form slowly when the only copies are a few digits among long templates; conversations that
+# are nothing but copies of random digit runs train them directly.
+
+_COPY_FRAMES = [
+    "Repeat this exactly: {x}", "Please repeat {x}.", "Say back {x}", "Echo {x}", "Copy this number: {x}",
+    "Write {x} back to me.", "Can you repeat {x}?", "Repeat after me: {x}", "Type out {x} exactly.",
+    "Read this back: {x}", "Say {x}.", "Just repeat: {x}", "Return {x} unchanged.", "Echo back {x}.",
+    "Write down {x}.", "Please copy {x} exactly.", "Repeat the digits {x}.", "Mirror this: {x}",
+    "Reply with {x} and nothing else.", "Could you say {x} back?", "Repeat {x}, exactly as written.",
+    "Give me back {x}.", "Transcribe {x}.", "Copy: {x}", "repeat {x}",
+]  # fmt: skip
+_COPY_THOUGHT = {
+    "low": ["Repeat it.", "Copy it back."],
+    "medium": ["The user wants {x} repeated.", "Repeat {x} exactly."],
+    "high": ["The user asks me to repeat {x}. No tool is needed; I copy it exactly, digit by digit.",
+             "I must say {x} back. I will copy every digit in order and add nothing."],
+}  # fmt: skip
+
+
+def copy_conversation(rng: random.Random, setting: Setting, enc: Any, split: str) -> Conversation:
+    """The user gives one to five numbers of 1-12 digits; the model repeats them exactly."""
+    values = [str(_number(rng, rng.randint(1, 12))) for _ in range(rng.randint(1, 5))]
+    x = rng.choice([" ", ", "]).join(values)
+    user = noisy(rng, _pick(rng, _COPY_FRAMES, split).format(x=x), protect=x.split(" "))
+    thought = rng.choice(_COPY_THOUGHT[setting.effort]).format(x=x)
+    head = setting.head(enc, user, _distractor_functions(rng, setting, split))
+    steps = [Step([assistant("analysis", thought), assistant("final", x)])]
+    return Conversation("copy", head, steps, x, {"digits": max(len(v) for v in values)})
+
+
 # ---- function tools (filled in by functions.py) -------------------------------------------
 
 
@@ -293,7 +327,8 @@ class Generator:
         self.split = split
         self.skills = tuple(skills)
         self._makers: dict[str, Callable[[random.Random, Setting, Any, str], Conversation]] = {
-            "python": python_conversation
+            "python": python_conversation,
+            "copy": copy_conversation,
         }
         if "functions" in self.skills:
             from gptoss_agent.model.demo.functions import function_conversation
@@ -308,6 +343,8 @@ class Generator:
         """A random setting in which ``skill`` can be done (the CLI's browser+python most often)."""
         day = dt.date(2024, 7, 1) + dt.timedelta(days=rng.randrange(365 * 3))
         effort = rng.choices(_EFFORTS, weights=[1, 1.5, 1])[0]
+        if skill == "copy":  # no tools: a short system message, so attention learns to find copies fast
+            return Setting((), day.isoformat(), effort, False)
         if skill == "python":
             builtins = rng.choices([("browser", "python"), ("python",)], weights=[1, 2])[0]
             functions = "functions" in self.skills and rng.random() < 0.25

@@ -1,7 +1,7 @@
 """Training the demo model: a small gpt-oss on synthetic harmony conversations, on the CPU.
 
 The trainable model is the inference model's math in autograd form (same blocks, same names as
-the original checkpoint format) with three training-time choices that matter on two CPU cores:
+the original checkpoint format) with four training-time choices that matter on two CPU cores:
 
 * a compact vocabulary: only the token ids the data uses get rows, and the embedding is tied to
   the unembedding during training (untied, the loss stalls). The ids the model never sees keep a
@@ -11,6 +11,8 @@ the original checkpoint format) with three training-time choices that matter on 
 * the system message shared by a batch is run once (batch 1) and its keys and values are
   broadcast to every item, which attends to them as a prefix.
 * ``torch.set_flush_denormal(True)``: tiny gradients otherwise slow every step about 3x.
+* an induction circuit built into a fresh model (``DemoModel.init_copy_circuit``): copying numbers
+  does not otherwise form within a CPU budget.
 
 Near the end the weights are trained through their shipped precision (quantisation-aware: MXFP4
 experts and bf16 dense weights in the forward pass, straight-through gradients), so packing loses
@@ -174,6 +176,52 @@ class DemoModel(nn.Module):
         self.used = vocab
         """Rows of the embedding in use (the compact vocabulary's size); the others are spare."""
 
+    def init_copy_circuit(self, look_back: float = 6.5, write: float = 0.05, match: float = 2.0, copy: float = 0.5) -> None:
+        """Build an induction circuit into head 0 of the first two layers; training then refines it.
+
+        Copying (the numbers of the question into the code, the tool's output into the answer) is
+        what induction heads do: find the earlier occurrence of the current token and emit the token
+        that followed it. Learnt from scratch, they appear only after a long plateau: the model
+        trained 2,900 steps on the real data without them (digit loss stayed at about ``log(1110)``,
+        i.e. uniform over the digit tokens). With ``P`` a random ``(head_dim, hidden)`` projection
+        with orthonormal rows and ``Q`` a random ``(hidden, head_dim)`` one with orthonormal columns:
+
+        * layer 0 looks one token back: query and key *biases* in the six fastest rotary pairs turn
+          the score into ``look_back**2 * sum_j cos((i - p - 1) * w_j)`` (RoPE), largest at
+          ``p = i - 1``; its value ``P`` and output ``write * Q`` add the previous token's ``P``-image
+          to the residual, in ``Q``'s subspace.
+        * layer 1 matches and copies: its query (``match * P``) and key (``match * Q^T``), taken in
+          the rotary pairs that turn less than half a radian over 1,024 positions (content, not
+          position), score high where the *previous* token equals the current one; its value ``P``
+          and output ``copy * P^T`` write the attended token back, where the tied unembedding reads
+          it as that token's logit.
+
+        The scales were picked on random repeated sequences: before any training, 38% of the second
+        copy's tokens get the top logit (none without the circuit). On the copy skill alone, the
+        digit loss is 5.2 after 200 steps with it and 7.1 without (``log(1110)`` is 7.0)."""
+        cfg = self.cfg
+        d, h, nq, nkv = cfg.head_dim, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads
+        g = torch.Generator().manual_seed(1)
+        proj = torch.linalg.qr(torch.randn(h, d, generator=g))[0].T  # P
+        sub = torch.linalg.qr(torch.randn(h, d, generator=g))[0]  # Q
+        cos, sin = self._tables(1024)
+        angle = torch.atan2(sin[1], cos[1])  # how far each rotary pair turns per position
+        fast = torch.arange(6)
+        slow = torch.nonzero(angle * 1024 < 0.5).flatten()
+        content = torch.cat([slow, slow + d // 2])  # a pair is (j, j + d/2)
+        k0, v0 = nq * d, (nq + nkv) * d  # rows of key head 0 and value head 0 in qkv
+        with torch.no_grad():
+            bias, w, out = (self.params[f"block.0.attn.{n}"] for n in ("qkv.bias", "qkv.weight", "out.weight"))
+            bias[fast], bias[fast + d // 2] = look_back, 0.0
+            bias[k0 + fast], bias[k0 + fast + d // 2] = look_back * angle[fast].cos(), look_back * angle[fast].sin()
+            w[v0 : v0 + d] = proj
+            out[:, :d] = write * sub
+            w, out = self.params["block.1.attn.qkv.weight"], self.params["block.1.attn.out.weight"]
+            w[content] = match * proj[content]
+            w[k0 + content] = match * sub.T[content]
+            w[v0 : v0 + d] = proj
+            out[:, :d] = copy * proj.T
+
     def w(self, name: str) -> torch.Tensor:
         t = self.params[name]
         if not self.quantized:
@@ -278,6 +326,7 @@ class Batch:
     tokens: torch.Tensor  # (B, T) compact ids after the prefix
     targets: torch.Tensor  # (B, T) next compact id, -100 where no loss
     weights: torch.Tensor  # (B, T) loss weight of each target (digits count more)
+    digits: torch.Tensor  # (B, T) True where the target is a digit run (what must be copied)
     skill: str
     n_items: int
 
@@ -361,25 +410,41 @@ class TrainConfig:
     skills: tuple[str, ...] = ("python",)
     weights: dict[str, float] = field(default_factory=lambda: {"python": 1.0})
     """Share of batches per skill."""
+    first_skills: tuple[str, ...] = ()
+    """Skills trained alone (by ``weights``) for the first ``first_fraction`` of the budget, before
+    all of ``skills`` mix: copying numbers forms there (``copy``, ``python``) and far more slowly
+    beside the long function and browser prompts. The learning-rate schedule runs on across."""
+    first_fraction: float = 0.0
     qat_from: float = 0.85
     """Fraction of the budget after which the forward pass uses the shipped precision."""
     save_minutes: float = 3.0
     threads: int = 2
     model: dict[str, Any] = field(default_factory=dict)
     """Overrides of ``DEMO_CONFIG`` fields."""
+    copy_circuit: bool = True
+    """Start a fresh model with an induction circuit built in (``DemoModel.init_copy_circuit``)."""
     max_steps: int | None = None
     """Stop after this many steps (tests), whatever the clock says."""
     log_every: int = 25
-    """Steps between log lines (each gives the mean loss per skill since the last)."""
+    """Steps between log lines (each gives the mean loss per skill since the last, and ``digits``: the
+    mean unweighted loss on digit targets, which stays near ``log(1110)`` until the model copies)."""
 
 
-def _batches(gen: Any, vocab: Vocab, cfg: TrainConfig, rng: random.Random, stats: dict[str, int]) -> Iterator[Batch]:
+def _batches(gen: Any, vocab: Vocab, cfg: TrainConfig, rng: random.Random, stats: dict[str, int],
+             first: Callable[[], bool] = lambda: False) -> Iterator[Batch]:  # fmt: skip
+    """Batches of one skill each, drawn by ``cfg.weights`` from ``cfg.first_skills`` while ``first()``
+    holds, from ``cfg.skills`` after."""
     from gptoss_agent.agent.harmony import render_conversation
 
     digits = _digit_ids(gen.enc)
-    skills = [s for s in cfg.skills if cfg.weights.get(s, 0) > 0]
-    weights = [cfg.weights[s] for s in skills]
+
+    def drawn(names: Sequence[str]) -> tuple[list[str], list[float]]:
+        chosen = [s for s in names if cfg.weights.get(s, 0) > 0]
+        return chosen, [cfg.weights[s] for s in chosen]
+
+    early, late = drawn(cfg.first_skills), drawn(cfg.skills)
     while True:
+        skills, weights = early if early[0] and first() else late
         skill = rng.choices(skills, weights=weights)[0]
         setting = gen.setting(rng, skill)
         items: list[Any] = []
@@ -424,16 +489,17 @@ def _batches(gen: Any, vocab: Vocab, cfg: TrainConfig, rng: random.Random, stats
         tokens = torch.zeros(len(items), t, dtype=torch.long)
         targets = torch.full((len(items), t), -100, dtype=torch.long)
         loss_w = torch.zeros(len(items), t)
+        is_digit = torch.zeros(len(items), t, dtype=torch.bool)
         for j, it in enumerate(items):
             seq = vocab.map(it.context[p:] + it.target)
             tokens[j, : len(seq)] = torch.tensor(seq)
             c = len(it.context) - p
             # position c-1 (the prompt's last token) predicts target[0], ...
             targets[j, c - 1 : c - 1 + len(it.target)] = torch.tensor(vocab.map(it.target))
-            loss_w[j, c - 1 : c - 1 + len(it.target)] = torch.tensor(
-                [cfg.digit_weight if t in digits else 1.0 for t in it.target]
-            )
-        yield Batch(torch.tensor(vocab.map(prefix_ids)), tokens, targets, loss_w, skill, len(items))
+            is_digit[j, c - 1 : c - 1 + len(it.target)] = torch.tensor([t in digits for t in it.target])
+        loss_w[targets != -100] = 1.0
+        loss_w[is_digit] = cfg.digit_weight
+        yield Batch(torch.tensor(vocab.map(prefix_ids)), tokens, targets, loss_w, is_digit, skill, len(items))
 
 
 def train(out: str | Path, cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Path:
@@ -462,7 +528,7 @@ def _train(out: str | Path, cfg: TrainConfig, log: Callable[[str], None]) -> Pat
     enc = load_tokenizer()
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
-    gen = Generator(enc, split="train", skills=cfg.skills)
+    gen = Generator(enc, split="train", skills=(*cfg.skills, *cfg.first_skills))
     model_cfg = replace(DEMO_CONFIG, **{"layer_types": (), **cfg.model}) if cfg.model else DEMO_CONFIG
     t_vocab = time.perf_counter()
     step, elapsed_before = 0, 0.0
@@ -483,17 +549,20 @@ def _train(out: str | Path, cfg: TrainConfig, log: Callable[[str], None]) -> Pat
     else:
         vocab = Vocab(base_token_ids(enc), capacity=cfg.capacity)
         model = DemoModel(model_cfg, vocab.capacity, seed=cfg.seed)
+        if cfg.copy_circuit:
+            model.init_copy_circuit()
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     log(f"vocab {len(vocab.ids)} ids ({time.perf_counter() - t_vocab:.1f} s), "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, config {json.dumps(asdict(cfg), default=str)}")  # fmt: skip
     stats: dict[str, int] = {}
     rng = random.Random(cfg.seed * 1_000_003 + step)  # a resumed run does not replay its first batches
-    batches = _batches(gen, vocab, cfg, rng, stats)
     budget = cfg.minutes * 60.0
     started = time.monotonic() - elapsed_before
+    batches = _batches(gen, vocab, cfg, rng, stats, lambda: time.monotonic() - started < cfg.first_fraction * budget)
     last_save = time.monotonic()
     window: dict[str, list[float]] = {}
     t_data = t_step = 0.0
+    digit_sum, digit_count = 0.0, 0  # the digit targets' unweighted loss since the last log line
     stop = {"now": False}
 
     def _stop(signum: int, frame: Any) -> None:
@@ -529,13 +598,18 @@ def _train(out: str | Path, cfg: TrainConfig, log: Callable[[str], None]) -> Pat
         t_step += t2 - t1
         step += 1
         window.setdefault(batch.skill, []).append(loss.item())
+        d = batch.digits[mask]
+        digit_sum += token_loss.detach()[d].sum().item()
+        digit_count += int(d.sum())
         if step % cfg.log_every == 0:
             losses = " ".join(f"{k} {sum(v) / len(v):.4f}" for k, v in sorted(window.items()))
-            log(f"step {step} {elapsed / 60:.1f} min lr {lr:.2e} loss {losses} "
+            copy = f"{digit_sum / digit_count:.4f}" if digit_count else "-"
+            log(f"step {step} {elapsed / 60:.1f} min lr {lr:.2e} loss {losses} digits {copy} "
                 f"data {t_data / cfg.log_every:.2f}s step {t_step / cfg.log_every:.2f}s items {batch.n_items}x{batch.tokens.shape[1]}"
                 f"+{batch.prefix.shape[0]} qat {int(model.quantized)} oov {stats.get('oov', 0)}")  # fmt: skip
             window.clear()
-            t_data = t_step = 0.0
+            t_data = t_step = digit_sum = 0.0
+            digit_count = 0
         if time.monotonic() - last_save > cfg.save_minutes * 60:
             _save(state_path, model, opt, vocab, model_cfg, step, time.monotonic() - started, cfg)
             last_save = time.monotonic()

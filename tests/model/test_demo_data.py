@@ -23,7 +23,7 @@ def _calls(enc, tokens):
     return [e for e in StreamParser(enc, Role.ASSISTANT).feed(tokens) if isinstance(e, ToolCall)]
 
 
-@pytest.mark.parametrize("skill", ["python", "functions", "browser"])
+@pytest.mark.parametrize("skill", ["python", "functions", "browser", "copy"])
 def test_every_step_parses_into_the_call_the_conversation_makes(enc, gen, skill):
     rng = random.Random(3)
     for _ in range(5):
@@ -114,3 +114,14 @@ def test_browser_pages_come_from_the_real_browser(enc):
     cite = conv.meta["citation"]
     line = int(cite.split("†L")[1].rstrip("】"))
     assert f"L{line}: " in page and conv.answer in page.split(f"L{line}: ")[1].split("\n")[0]
+
+
+def test_copy_conversations_repeat_the_numbers_of_the_question(enc, gen):
+    rng = random.Random(5)
+    for _ in range(20):
+        setting = gen.setting(rng, "copy")
+        conv = gen.conversation(rng, setting, "copy")
+        assert setting.builtins == () and not setting.functions  # the short system message
+        final = conv.steps[-1].messages[-1]
+        assert final.channel == "final" and final.text == conv.answer
+        assert conv.answer in conv.user

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 
 import torch
-from gptoss_agent.model.demo.train import DEMO_CONFIG, TrainConfig, mxfp4_round, train
+import torch.nn.functional as F
+from gptoss_agent.model.demo.train import DEMO_CONFIG, DemoModel, TrainConfig, mxfp4_round, train
 
 SMALL = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1}
 
@@ -35,6 +36,25 @@ def test_training_lowers_the_loss_and_writes_a_resumable_state(tmp_path):
     train(tmp_path / "run", more, log=lines.append)
     assert any("resumed" in line and "continues" in line for line in lines)
     assert torch.load(state, weights_only=False)["step"] == 65
+
+
+def test_the_built_in_copy_circuit_copies_before_any_training():
+    """A random sequence seen once is continued from its first copy: without the circuit no token is."""
+    g = torch.Generator().manual_seed(0)
+    vocab = 1200
+    first = torch.randint(10, vocab, (8, 30), generator=g)
+    seq = torch.cat([first, torch.randint(10, vocab, (8, 17), generator=g), first], 1)
+    accuracy = {}
+    for built_in in (False, True):
+        model = DemoModel(DEMO_CONFIG, vocab)
+        if built_in:
+            model.init_copy_circuit()
+        with torch.no_grad():
+            logits = model.logits(model(None, seq[:, :-1]))[:, 47:, :vocab]  # predicting the 2nd copy, from its 2nd token
+        accuracy[built_in] = (logits.argmax(-1) == seq[:, 48:]).float().mean().item()
+        if built_in:
+            assert F.cross_entropy(logits.reshape(-1, vocab), seq[:, 48:].reshape(-1)) < 6.8  # log(1190) = 7.08
+    assert accuracy[False] < 0.05 and accuracy[True] > 0.25, accuracy
 
 
 def test_the_demo_config_is_gpt_oss_at_toy_size():
