@@ -184,31 +184,44 @@ def bench_full(path: Path, contexts: list[int], decode_steps: int, prefill_token
 
 
 def bench_against_llama_cpp(
-    path: Path, prompts: list[int], contexts: list[int], steps: int, threads: int
+    path: Path, prompts: list[int], contexts: list[int], steps: int, threads: int, rounds: int = 2
 ) -> dict:
-    """Ours and llama.cpp's prefill and decode rates on the same checkpoint, and ours / theirs."""
+    """Ours and llama.cpp's prefill and decode rates on the same checkpoint, and ours / theirs.
+
+    In ``rounds`` interleaved rounds (ours, then llama-bench, then ours again, ...), each figure the
+    median over the rounds, so that a machine whose load drifts treats both engines alike."""
     import llama_cpp  # benchmarks/llama_cpp.py, beside this file
 
     binary = llama_cpp.build(CACHE)
     gguf = llama_cpp.convert(path, CACHE)
     engine = LocalEngine.from_checkpoint(path, device="cpu", dtype="bf16")
     vocab = engine.model.config.vocab_size
-    ours: dict = {"prefill": {}, "decode": {}}
-    touch_weights(engine)
-    for n in prompts:
-        ids = torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(n)).tolist()
-        engine.reset()
-        t = time.perf_counter()
-        engine.prefill(ids)
-        ours["prefill"][n] = n / (time.perf_counter() - t)
-        print(f"  ours prefill {n}: {ours['prefill'][n]:.1f} tok/s", file=sys.stderr)
-    for ctx in contexts:
-        fill_cache(engine, ctx)
-        ours["decode"][ctx] = decode_rate(engine, steps)
-        print(f"  ours decode at {ctx}: {ours['decode'][ctx]:.2f} tok/s", file=sys.stderr)
+    mine: dict = {"prefill": {n: [] for n in prompts}, "decode": {c: [] for c in contexts}}
+    rounds_theirs = []
+    for r in range(rounds):
+        touch_weights(engine)
+        for n in prompts:
+            ids = torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+            engine.reset()
+            t = time.perf_counter()
+            engine.prefill(ids)
+            mine["prefill"][n].append(n / (time.perf_counter() - t))
+            print(f"  round {r + 1}: ours prefill {n}: {mine['prefill'][n][-1]:.1f} tok/s", file=sys.stderr)
+        for ctx in contexts:
+            fill_cache(engine, ctx)
+            mine["decode"][ctx].append(decode_rate(engine, steps))
+            print(f"  round {r + 1}: ours decode at {ctx}: {mine['decode'][ctx][-1]:.2f} tok/s", file=sys.stderr)
+        rounds_theirs.append(llama_cpp.bench(binary, gguf, threads=threads, prompts=prompts, depths=contexts))
+        print(f"  round {r + 1}: llama.cpp {json.dumps({k: {n: round(v['tokens_per_s'], 2) for n, v in d.items()} for k, d in rounds_theirs[-1].items() if k != 'info'})}", file=sys.stderr)  # fmt: skip
     del engine
     gc.collect()
-    theirs = llama_cpp.bench(binary, gguf, threads=threads, prompts=prompts, depths=contexts)
+    ours = {kind: {n: statistics.median(v) for n, v in d.items()} for kind, d in mine.items()}
+    theirs: dict = {"info": rounds_theirs[-1]["info"]}
+    for kind in ("prefill", "decode"):
+        theirs[kind] = {}
+        for n in rounds_theirs[0][kind]:
+            rates = [t[kind][n]["tokens_per_s"] for t in rounds_theirs if n in t[kind]]
+            theirs[kind][n] = {"tokens_per_s": statistics.median(rates), "rounds": rates}
     ratio = {
         kind: {n: ours[kind][n] / theirs[kind][n]["tokens_per_s"] for n in ours[kind] if n in theirs[kind]}
         for kind in ("prefill", "decode")
@@ -218,7 +231,9 @@ def bench_against_llama_cpp(
         "checkpoint": str(path),
         "gguf": str(gguf),
         "layers": layers,
+        "rounds": rounds,
         "ours": ours,
+        "ours_rounds": mine,
         "llama_cpp": theirs,
         "ratio": ratio,
     }
@@ -423,6 +438,7 @@ def main() -> int:
     )
     p.add_argument("--llama-cpp-layers", type=int, default=4, help="layers of the 20b cut both engines run")
     p.add_argument("--llama-cpp-prompts", default="512,2048")
+    p.add_argument("--llama-cpp-rounds", type=int, default=2, help="interleaved rounds of the two engines")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "model.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -503,7 +519,7 @@ def main() -> int:
         peer = ensure_checkpoint(CACHE / f"gpt-oss-20b-{args.llama_cpp_layers}layers", cfg)
         prompts = [int(n) for n in args.llama_cpp_prompts.split(",")]
         results["llama_cpp"] = bench_against_llama_cpp(
-            peer, prompts, contexts, args.decode_steps, args.threads
+            peer, prompts, contexts, args.decode_steps, args.threads, args.llama_cpp_rounds
         )
         gc.collect()
     results["prefix_reuse"] = bench_prefix_reuse(cut, args.prefix, 64)
