@@ -150,14 +150,20 @@ def supported_isas() -> list[str]:
     return [name for name in ISAS if _NEEDS[name] <= have]
 
 
+def missing_features(name: str) -> list[str]:
+    """The CPU features this machine lacks to run instruction set ``name`` (its architecture, when it
+    has them all but is not x86-64); empty when it runs it."""
+    if name in supported_isas():
+        return []
+    return sorted(_NEEDS[name] - cpu_features()) or [platform.machine()]
+
+
 def _missing(name: str) -> str:
     """One sentence on why this CPU cannot run ``name``, or "" if it can."""
     if name not in ISA_FLAGS:
         return f"unknown instruction set {name!r} (choose one of {', '.join(ISAS)})"
-    if name in supported_isas():
-        return ""
-    lacks = sorted(_NEEDS[name] - cpu_features()) or [platform.machine()]
-    return f"this CPU cannot run the {name} kernels: it lacks {', '.join(lacks)}"
+    lacks = missing_features(name)
+    return f"this CPU cannot run the {name} kernels: it lacks {', '.join(lacks)}" if lacks else ""
 
 
 def _default_isa() -> str:
