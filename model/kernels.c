@@ -583,24 +583,10 @@ static inline float bf16_to_f32(uint16_t h) {
 }
 
 #ifdef HAVE_AVX512
-/* Output row w for tb <= 4 token rows of xs (even/odd split per 32, row t at xs + t * in): each 64-byte
- * load of weights (32 of them, split into even and odd lanes as in decode) serves every token. The full
- * 32-blocks only; r[t] gets the sums. Inlined with a constant tb, the accumulators stay in registers. */
-static inline __attribute__((always_inline)) void bf_tile512(const uint16_t *w, const float *xs, int in, int tb, float *r) {
-    const __m512i odd = _mm512_set1_epi32((int)0xFFFF0000u);
-    __m512 ce[4], co[4];
-    for (int t = 0; t < tb; t++) ce[t] = co[t] = _mm512_setzero_ps();
-    for (int i = 0; i + 32 <= in; i += 32) {
-        __m512i v = _mm512_loadu_si512(w + i);
-        __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), wo = _mm512_castsi512_ps(_mm512_and_si512(v, odd));
-        for (int t = 0; t < tb; t++) {
-            ce[t] = _mm512_fmadd_ps(we, _mm512_loadu_ps(xs + (size_t)t * in + i), ce[t]);
-            co[t] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xs + (size_t)t * in + i + 16), co[t]);
-        }
-    }
-    for (int t = 0; t < tb; t++) r[t] = _mm512_reduce_add_ps(_mm512_add_ps(ce[t], co[t]));
-}
-/* The same for two output rows (w0, w1) at once: each load of xs serves both. */
+/* Output rows w0 and w1 for tb <= 4 token rows of xs (even/odd split per 32, row t at xs + t * in): each
+ * 64-byte load of weights (32 of them, split into even and odd lanes as in decode) serves every token and
+ * each load of xs both rows. The full 32-blocks only; r0[t] and r1[t] get the sums. Inlined with a
+ * constant tb, the accumulators stay in registers. */
 static inline __attribute__((always_inline)) void bf_tile512x2(const uint16_t *w0, const uint16_t *w1, const float *xs, int in,
                                                                int tb, float *r0, float *r1) {
     const __m512i odd = _mm512_set1_epi32((int)0xFFFF0000u);
@@ -655,28 +641,20 @@ static void bf_rows(void *p, int begin, int end) {
             a->y[o] = r + bias;
             continue;
         }
-        /* a batch of decode rows: output rows in pairs (the last alone), tokens in tiles of 4 */
+        /* a batch of decode rows: output rows in pairs (the last of an odd range paired with itself,
+         * its second result dropped), tokens in tiles of 4 */
         int pair = o + 1 < end;
-        const uint16_t *w1 = w + in;
+        const uint16_t *w1 = pair ? w + in : w;
         float bias1 = pair && a->bias ? a->bias[o + 1] : 0.0f;
         for (int t0 = 0; t0 < T; t0 += 4) {
             int tb = T - t0 < 4 ? T - t0 : 4;
             float r[4], r1[4];
             const float *xs = a->xs + (size_t)t0 * in;
-            if (pair) {
-                switch (tb) {
-                    case 4: bf_tile512x2(w, w1, xs, in, 4, r, r1); break;
-                    case 3: bf_tile512x2(w, w1, xs, in, 3, r, r1); break;
-                    case 2: bf_tile512x2(w, w1, xs, in, 2, r, r1); break;
-                    default: bf_tile512x2(w, w1, xs, in, 1, r, r1); break;
-                }
-            } else {
-                switch (tb) {
-                    case 4: bf_tile512(w, xs, in, 4, r); break;
-                    case 3: bf_tile512(w, xs, in, 3, r); break;
-                    case 2: bf_tile512(w, xs, in, 2, r); break;
-                    default: bf_tile512(w, xs, in, 1, r); break;
-                }
+            switch (tb) {
+                case 4: bf_tile512x2(w, w1, xs, in, 4, r, r1); break;
+                case 3: bf_tile512x2(w, w1, xs, in, 3, r, r1); break;
+                case 2: bf_tile512x2(w, w1, xs, in, 2, r, r1); break;
+                default: bf_tile512x2(w, w1, xs, in, 1, r, r1); break;
             }
             for (int t = 0; t < tb; t++) {
                 const float *x = a->x + (size_t)(t0 + t) * in;
