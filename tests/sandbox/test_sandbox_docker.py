@@ -149,13 +149,14 @@ def test_the_container_dies_with_its_sigkilled_owner(client):
     finally:
         owner.kill()
         owner.wait()
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    def gone() -> bool:
         try:
             client.api.inspect_container(container_id)
         except docker.errors.NotFound:
-            break
-        time.sleep(0.2)
+            return True
+        return False
+
+    _poll(gone, 15)
     with pytest.raises(docker.errors.NotFound):
         client.api.inspect_container(container_id)
     assert host_processes_matching(marker) == []
