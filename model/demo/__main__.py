@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--skills", default="python", help="comma-separated: python,functions,browser,copy (a training aid: repeat numbers)")
     t.add_argument("--first", default="", help="SKILLS:FRACTION, e.g. copy,python:0.4: those skills alone first")
     t.add_argument("--digit-weight", type=float, default=3.0, help="loss weight of digit targets")
+    t.add_argument("--lookup-weight", type=float, default=8.0,
+                   help="loss weight of the first token of a copied number or name")
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--batch-tokens", type=int, default=3072)
     t.add_argument("--qat-from", type=float, default=0.85)
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             skills=skills, weights=weights, qat_from=args.qat_from, threads=args.threads,
             first_skills=tuple(s for s in first.split(",") if s), first_fraction=float(fraction or 0),
             digit_weight=args.digit_weight,
+            lookup_weight=args.lookup_weight,
             max_steps=args.max_steps, model=json.loads(args.model) if args.model else {},
         )  # fmt: skip
         train(args.out, cfg, log=_log(args.log))

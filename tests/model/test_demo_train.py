@@ -11,7 +11,14 @@ import re
 
 import torch
 import torch.nn.functional as F
-from gptoss_agent.model.demo.train import DEMO_CONFIG, DemoModel, TrainConfig, mxfp4_round, train
+from gptoss_agent.model.demo.train import (
+    DEMO_CONFIG,
+    DemoModel,
+    TrainConfig,
+    lookup_targets,
+    mxfp4_round,
+    train,
+)
 
 SMALL = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1}
 
@@ -75,3 +82,16 @@ def test_mxfp4_rounding_keeps_codes_and_scales_exact():
     allowed = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
     assert torch.isin(ratio.abs(), allowed).all()
     assert (q - w).abs().max() < w.abs().max() / 4  # rounding, not garbage
+
+
+def test_lookup_targets_mark_the_first_token_of_each_copy_only():
+    # prefix [1, 2] (system), then the user's number 7 8 9 after 5; the target writes 6 7 8 9 1 3
+    context = [1, 2, 5, 7, 8, 9]
+    target = [6, 7, 8, 9, 1, 3]
+    # 6: never in the conversation; 7: in it but after 5 there, after 6 here -> a lookup;
+    # 8, 9: follow what they follow in the context (induction); 1: only in the system prefix; 3: new
+    assert lookup_targets(context, target, start=2) == [False, True, False, False, False, False]
+    # the first target token is judged against the context's last token: 9 -> 7 is not in the context
+    assert lookup_targets([5, 9], [7], start=0) == [False]
+    assert lookup_targets([5, 7, 9], [7], start=0) == [True]
+    assert lookup_targets([9, 7, 9], [7], start=0) == [False]
