@@ -572,6 +572,143 @@ void mxfp4_gemv_q8(const uint8_t *blocks, const uint8_t *scales, const float *x,
     parallel_rows(q8_rows, &a, out, out * T < 64 * nthreads ? 1 : nthreads);
 }
 
+/* ---- many tokens with int8 activations: y (T, out) = q8(x) (T, in) @ W.T + bias ----
+ * The prefill counterpart of mxfp4_gemv_q8, for the engines that compute in bf16: each token is
+ * quantized per 32-element group exactly as there (dx = max|x| / 127), and each y[t, o] is
+ * sum_g float(sum_k w[o, k] qx[t, k]) * 2^(s-128) * dx[t, g] (w doubled e2m1): the same terms, summed
+ * over g in the same order for any T, so a token's row does not depend on the rows beside it.
+ * VNNI: 32 rows of W are unpacked once into a panel of unsigned bytes (doubled e2m1 + 12, as q8_quad)
+ * laid out for vpdpbusd (per group and quad of k: 16 rows x 4 bytes, twice) and multiplied with four
+ * tokens at a time, each token's 4 bytes broadcast: 64 multiply-adds per instruction, the group's
+ * excess (12 * sum qx) starting the accumulator negated, one float FMA per group, row and token.
+ * Other builds: mxfp4_gemv_q8 over 16 tokens at a time (the same quantization and terms). */
+#define GQ_NR 32
+#define GQ_MR 4
+#ifdef HAVE_VNNI
+typedef struct { const uint8_t *blocks, *scales; const int8_t *xq; const float *dx; const int32_t *nc; const float *bias;
+                 float *y; int T, Tp, out, G; } gq_args;
+
+/* Rows o0..o0+31 (nr of them real) unpacked: panel[g * 1024 + q * 128 + v * 64 + r * 4 + i] is the
+ * weight of row o0 + 16v + r at k = 32g + 4q + i; ws[g * 32 + r'] the block scale 2^(s-128) of row o0 + r'. */
+static void gq_unpack(const gq_args *a, int o0, int nr, uint8_t *panel, float *ws) {
+    const __m128i lut = _mm_loadu_si128((const __m128i *)LUT2U), mask = _mm_set1_epi8(0x0F);
+    int G = a->G;
+    for (int r0 = 0; r0 < GQ_NR; r0 += 4) {
+        for (int g = 0; g < G; g++) {
+            __m128i lo4[4], hi4[4];  /* row r0+j: k 0..15 and 16..31 of group g, as u8 */
+            for (int j = 0; j < 4; j++) {
+                int r = r0 + j;
+                __m128i b = r < nr ? _mm_loadu_si128((const __m128i *)(a->blocks + ((size_t)(o0 + r) * G + g) * 16))
+                                   : _mm_setzero_si128();  /* code 0: weight 0 (unsigned 12) */
+                __m128i l = _mm_shuffle_epi8(lut, _mm_and_si128(b, mask));
+                __m128i h = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(b, 4), mask));
+                lo4[j] = _mm_unpacklo_epi8(l, h);
+                hi4[j] = _mm_unpackhi_epi8(l, h);
+                ws[g * GQ_NR + r] = r < nr ? SCALE[a->scales[(size_t)(o0 + r) * G + g]] : 0.0f;
+            }
+            /* 4 x 4 dword transposes: quad q of rows r0..r0+3 becomes 16 contiguous bytes */
+            uint8_t *dst = panel + (size_t)g * 1024 + (r0 / 16) * 64 + (r0 % 16) * 4;
+            for (int half = 0; half < 2; half++) {
+                __m128i *s = half ? hi4 : lo4;
+                __m128i t0 = _mm_unpacklo_epi32(s[0], s[1]), t1 = _mm_unpacklo_epi32(s[2], s[3]);
+                __m128i t2 = _mm_unpackhi_epi32(s[0], s[1]), t3 = _mm_unpackhi_epi32(s[2], s[3]);
+                int q0 = half * 4;
+                _mm_storeu_si128((__m128i *)(dst + (q0 + 0) * 128), _mm_unpacklo_epi64(t0, t1));
+                _mm_storeu_si128((__m128i *)(dst + (q0 + 1) * 128), _mm_unpackhi_epi64(t0, t1));
+                _mm_storeu_si128((__m128i *)(dst + (q0 + 2) * 128), _mm_unpacklo_epi64(t2, t3));
+                _mm_storeu_si128((__m128i *)(dst + (q0 + 3) * 128), _mm_unpackhi_epi64(t2, t3));
+            }
+        }
+    }
+}
+
+static void gq_blocks(void *p, int begin, int end) {
+    gq_args *a = (gq_args *)p;
+    int G = a->G, in = G * 32;
+    uint8_t *panel = aligned_alloc(64, (size_t)G * 1024);
+    float *ws = aligned_alloc(64, (size_t)G * GQ_NR * sizeof(float));
+    if (!panel || !ws) abort();
+    for (int blk = begin; blk < end; blk++) {
+        int o0 = blk * GQ_NR, nr = a->out - o0 < GQ_NR ? a->out - o0 : GQ_NR;
+        gq_unpack(a, o0, nr, panel, ws);
+        for (int t0 = 0; t0 < a->Tp; t0 += GQ_MR) {
+            __m512 c[GQ_MR][2];
+            for (int t = 0; t < GQ_MR; t++) c[t][0] = c[t][1] = _mm512_setzero_ps();
+            for (int g = 0; g < G; g++) {
+                const uint8_t *wp = panel + (size_t)g * 1024;
+                __m512i acc[GQ_MR][2];
+                for (int t = 0; t < GQ_MR; t++) acc[t][0] = acc[t][1] = _mm512_set1_epi32(a->nc[(size_t)(t0 + t) * G + g]);
+                for (int q = 0; q < 8; q++) {
+                    __m512i w0 = _mm512_load_si512(wp + q * 128), w1 = _mm512_load_si512(wp + q * 128 + 64);
+                    for (int t = 0; t < GQ_MR; t++) {
+                        int32_t four;
+                        memcpy(&four, a->xq + (size_t)(t0 + t) * in + g * 32 + q * 4, 4);
+                        __m512i xb = _mm512_set1_epi32(four);
+                        acc[t][0] = _mm512_dpbusd_epi32(acc[t][0], w0, xb);
+                        acc[t][1] = _mm512_dpbusd_epi32(acc[t][1], w1, xb);
+                    }
+                }
+                __m512 s0 = _mm512_load_ps(ws + g * GQ_NR), s1 = _mm512_load_ps(ws + g * GQ_NR + 16);
+                for (int t = 0; t < GQ_MR; t++) {
+                    __m512 d = _mm512_set1_ps(a->dx[(size_t)(t0 + t) * G + g]);
+                    c[t][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t][0]), _mm512_mul_ps(s0, d), c[t][0]);
+                    c[t][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t][1]), _mm512_mul_ps(s1, d), c[t][1]);
+                }
+            }
+            for (int t = 0; t < GQ_MR && t0 + t < a->T; t++) {
+                float res[GQ_NR];
+                _mm512_storeu_ps(res, c[t][0]);
+                _mm512_storeu_ps(res + 16, c[t][1]);
+                float *y = a->y + (size_t)(t0 + t) * a->out + o0;
+                for (int r = 0; r < nr; r++) y[r] = res[r] + (a->bias ? a->bias[o0 + r] : 0.0f);
+            }
+        }
+    }
+    free(panel);
+    free(ws);
+}
+#endif
+
+void mxfp4_gemm_q8(const uint8_t *blocks, const uint8_t *scales, const float *x, const float *bias, float *y,
+                   int T, int out, int G, int nthreads) {
+    init_scales();
+#ifdef HAVE_VNNI
+    int in = G * 32, Tp = (T + GQ_MR - 1) / GQ_MR * GQ_MR;
+    int8_t *xq = aligned_alloc(64, (size_t)Tp * in + 64);
+    float *dx = malloc((size_t)Tp * G * sizeof(float));
+    int32_t *nc = malloc((size_t)Tp * G * sizeof(int32_t));
+    if (!xq || !dx || !nc) abort();
+    memset(xq, 0, (size_t)Tp * in + 64);  /* rows past T: zero (their results are not stored) */
+    memset(dx, 0, (size_t)Tp * G * sizeof(float));
+    memset(nc, 0, (size_t)Tp * G * sizeof(int32_t));
+    for (int t = 0; t < T; t++)
+        for (int g = 0; g < G; g++) {
+            const float *xg = x + (size_t)t * in + g * 32;
+            float amax = 0.0f;
+            for (int k = 0; k < 32; k++) amax = fmaxf(amax, fabsf(xg[k]));
+            float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+            int32_t sum = 0;
+            for (int k = 0; k < 32; k++) {
+                int32_t q = (int32_t)lrintf(xg[k] * inv);
+                xq[(size_t)t * in + g * 32 + k] = (int8_t)q;
+                sum += q;
+            }
+            dx[(size_t)t * G + g] = amax / 127.0f;
+            nc[(size_t)t * G + g] = -12 * sum;
+        }
+    gq_args a = {blocks, scales, xq, dx, nc, bias, y, T, Tp, out, G};
+    parallel_rows(gq_blocks, &a, (out + GQ_NR - 1) / GQ_NR, nthreads);
+    free(xq);
+    free(dx);
+    free(nc);
+#else
+    for (int t0 = 0; t0 < T; t0 += 16) {
+        int n = T - t0 < 16 ? T - t0 : 16;
+        mxfp4_gemv_q8(blocks, scales, x + (size_t)t0 * G * 32, bias, y + (size_t)t0 * out, n, out, G, nthreads);
+    }
+#endif
+}
+
 /* ---- y[t, o] = sum_i W[o, i] x[t, i] + bias[o], W bf16 (out, in) ---- */
 typedef struct { const uint16_t *w; const float *x, *bias; float *y; int T, out, in; const float *xs; } bf_args;
 

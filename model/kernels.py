@@ -258,6 +258,7 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.mxfp4_gemv.argtypes = [p, p, p, p, p, i, i, i, i]
     lib.mxfp4_gemv_q8.argtypes = [p, p, p, p, p, i, i, i, i]
     lib.mxfp4_gemm.argtypes = [p, p, p, p, p, i, i, i, i]
+    lib.mxfp4_gemm_q8.argtypes = [p, p, p, p, p, i, i, i, i]
     lib.bf16_gemv.argtypes = [p, p, p, p, i, i, i, i]
     lib.attention_rows.argtypes = [p, p, p, i, p, p, i, i, i, i, i, i, ctypes.c_float, i]
     lib.has_avx2.argtypes = []
@@ -267,6 +268,7 @@ def _bind(lib: ctypes.CDLL) -> None:
     for f in (
         lib.mxfp4_gemv,
         lib.mxfp4_gemm,
+        lib.mxfp4_gemm_q8,
         lib.mxfp4_gemv_q8,
         lib.bf16_gemv,
         lib.attention_rows,
@@ -385,6 +387,7 @@ MATMUL_ROWS = 64
 """From this many tokens on, bf16 weights are widened to float32 (a block at a time) for BLAS."""
 
 GEMM_ROWS = 16
+_VNNI = 4  # kernel_isa()'s bit for a build with AVX-512 VNNI
 """From this many tokens on, MXFP4 weights go through the packed GEMM (below it: tiles of 8 tokens)."""
 
 SCRATCH_ELEMENTS = 1 << 24
@@ -461,12 +464,15 @@ def mxfp4_linear(
     registers; more rows go through a packed GEMM that unpacks ``W`` sixteen rows at a time into a
     float32 panel kept in L2 (faster than unpacking all of ``W`` for BLAS at every size measured).
 
-    ``int8=True`` lets rows below ``GEMM_ROWS`` (decode steps: one sequence, or a batch of them) be
-    quantized to int8 per 32-element group (scale ``max|x| / 127``), each row by itself and with
-    the weights read once for all, and multiplied in integer arithmetic, two to three times as fast,
-    within 1% of the exact result relative to the output's norm (typically 0.5%): for engines
-    computing with bf16 weights, not for exact float32 runs. The default stays exact to float32
-    rounding; ``GPTOSS_KERNELS_INT8=0`` makes ``int8=True`` exact too.
+    ``int8=True`` lets the rows be quantized to int8 per 32-element group (scale ``max|x| / 127``),
+    each row by itself, and multiplied in integer arithmetic, within 1% of the exact result
+    relative to the output's norm (typically 0.5%): for engines computing with bf16 weights, not
+    for exact float32 runs. Below ``GEMM_ROWS`` rows (decode steps: one sequence, or a batch of
+    them) the weights are read once for all rows, two to three times as fast as exact; from
+    ``GEMM_ROWS`` on (prefill) only where the build has AVX-512 VNNI, whose ``vpdpbusd`` GEMM over
+    an unpacked panel of W is about twice as fast as the float32 one (elsewhere prefill stays
+    exact). The default stays exact to float32 rounding; ``GPTOSS_KERNELS_INT8=0`` makes
+    ``int8=True`` exact too.
     """
     if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2:
         return None
@@ -478,10 +484,12 @@ def mxfp4_linear(
     b = _cpu_f32(bias)
     out, g, _ = blocks.shape
     y = torch.empty(x.shape[0], out, dtype=torch.float32)
+    int8 = int8 and int8_enabled()
     if x.shape[0] >= GEMM_ROWS:
-        lib.mxfp4_gemm(_ptr(blocks), _ptr(scales), _ptr(x), _ptr(b), _ptr(y), x.shape[0], out, g, _threads())
+        gemm = lib.mxfp4_gemm_q8 if int8 and lib.kernel_isa() & _VNNI else lib.mxfp4_gemm
+        gemm(_ptr(blocks), _ptr(scales), _ptr(x), _ptr(b), _ptr(y), x.shape[0], out, g, _threads())
         return y
-    if int8 and int8_enabled():
+    if int8:
         lib.mxfp4_gemv_q8(_ptr(blocks), _ptr(scales), _ptr(x), _ptr(b), _ptr(y), x.shape[0], out, g, _threads())
         return y
     lib.mxfp4_gemv(_ptr(blocks), _ptr(scales), _ptr(x), _ptr(b), _ptr(y), x.shape[0], out, g, _threads())

@@ -123,6 +123,39 @@ def test_int8_rows_of_a_batch_each_equal_their_own_matvec(isa, tokens, groups):
         _close(got[t : t + 1], _quantized(x[t : t + 1]) @ dequantize(blocks, scales).double().T + bias.double(), 1e-6)
 
 
+@pytest.mark.parametrize("tokens", [16, 23, 64])  # the GEMM's threshold, ragged tiles of 4 tokens, a prefill
+@pytest.mark.parametrize(("out", "groups"), [(40, 1), (300, 3), (64, 9), (33, 90)])  # ragged 32-row panels
+def test_int8_prefill_is_the_exact_product_of_quantized_activations(isa, tokens, out, groups):
+    """Prefill with int8 activations: the VNNI GEMM, or in other builds the matvec 16 rows at a time
+    (``mxfp4_linear`` takes it only with VNNI; elsewhere prefill stays exact). Each row is quantized
+    by itself and comes out bit for bit the same whatever rows surround it."""
+    blocks, scales, bias = _mxfp4(out, groups, seed=out + groups + tokens)
+    gen = torch.Generator().manual_seed(tokens + groups)
+    size = torch.ldexp(torch.ones(tokens, 1), torch.randint(-6, 7, (tokens, 1), generator=gen))
+    x = torch.randn(tokens, groups * 32, generator=gen) * size
+    x[1, :32] = 0.0  # an all-zero group
+    w = dequantize(blocks, scales).double()
+    exact = x.double() @ w.T + bias.double()
+    quantized = torch.cat([_quantized(x[t : t + 1]) for t in range(tokens)]) @ w.T + bias.double()
+    lib = kernels._library()
+    assert lib is not None
+    y = torch.empty(tokens, out)
+    lib.mxfp4_gemm_q8(*(kernels._ptr(t) for t in (blocks, scales, x, bias, y)), tokens, out, groups, 2)
+    got = kernels.mxfp4_linear(x, blocks, scales, bias, int8=True)
+    assert got is not None and got.shape == (tokens, out)
+    if "VNNI" in kernels.compiled_isa():
+        assert torch.equal(got, y)
+    else:
+        _close(got, exact, 1e-5)
+    errors = []
+    for t in range(tokens):  # rows differ in size by up to 2^12: each against its own norm
+        _close(y[t : t + 1], quantized[t : t + 1], 1e-6)
+        errors.append(((y[t].double() - exact[t]).norm() / exact[t].norm()).item())
+    assert sum(errors) / tokens <= 1e-2  # the int8 rounding itself (one group of 32 alone can reach 2%)
+    later = kernels.mxfp4_linear(x[tokens - 16 :], blocks, scales, bias, int8=True)  # other neighbours
+    assert later is not None and torch.equal(later, got[tokens - 16 :])
+
+
 @pytest.mark.parametrize("cache", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("t", "s", "window"), [(1, 40, None), (6, 45, 16)])
 def test_attention(isa, cache, t, s, window):
