@@ -869,6 +869,120 @@ void bf16_gemv(const uint16_t *w, const float *x, const float *bias, float *y, i
     free(xs);
 }
 
+/* ---- y = bf16(x) @ W.T + bias, W bf16: activations rounded to bf16 (to nearest even), products summed in float32 ----
+ * For engines computing with bf16 weights on CPUs with AVX-512 BF16 (Zen 4, Sapphire Rapids and later;
+ * kernels.py decides at run time, so the functions carry that target themselves): vdpbf16ps multiplies 32
+ * weights read as they lie by 32 activations, two products per float lane, no widening. Rows in groups of
+ * 4 (one at a time for up to 16 tokens: decode steps), tokens in tiles of 4 and blocks of 64 (their
+ * activations stay in L2 while the rows stream). Each y[t, o] is summed in the same order for any T: a row comes out the same alone and in a batch.
+ * Other builds: the activations rounded the same way, then bf16_gemv. */
+static inline uint16_t f32_to_bf16(float f) {  /* round to nearest even (no NaNs here) */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+#define BD_ROWS 4
+#define BD_BLOCK 64
+#define BD_FEW 16
+#ifdef HAVE_AVX512
+#define BF16_TARGET __attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+typedef struct { const uint16_t *w; const uint16_t *xb; const float *bias; float *y; int T, out, in, rows; } bd_args;
+
+static inline BF16_TARGET __attribute__((always_inline)) void bd_tile(const uint16_t *const w[BD_ROWS], int rows,
+                                                                      const uint16_t *xb, int in, int tb, float r[BD_ROWS][4]) {
+    /* one row at a time (up to BD_FEW tokens): two accumulators per token (even and odd 32-value chunks),
+     * so that one token alone still has two chains of vdpbf16ps in flight; groups of 4 rows: one (32
+     * would not fit the registers). Either way a token's sums come in the same order for any tb. */
+    const int split = rows == 1;
+    __m512 acc[BD_ROWS][4][2];
+    for (int j = 0; j < rows; j++)
+        for (int t = 0; t < tb; t++) acc[j][t][0] = acc[j][t][1] = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 64 <= in; i += 64)
+        for (int h = 0; h < 2; h++) {
+            __m512bh v[BD_ROWS];
+            for (int j = 0; j < rows; j++) v[j] = (__m512bh)_mm512_loadu_si512(w[j] + i + 32 * h);
+            for (int t = 0; t < tb; t++) {
+                __m512bh x = (__m512bh)_mm512_loadu_si512(xb + (size_t)t * in + i + 32 * h);
+                for (int j = 0; j < rows; j++) acc[j][t][h & split] = _mm512_dpbf16_ps(acc[j][t][h & split], v[j], x);
+            }
+        }
+    if (i + 32 <= in) {
+        __m512bh v[BD_ROWS];
+        for (int j = 0; j < rows; j++) v[j] = (__m512bh)_mm512_loadu_si512(w[j] + i);
+        for (int t = 0; t < tb; t++) {
+            __m512bh x = (__m512bh)_mm512_loadu_si512(xb + (size_t)t * in + i);
+            for (int j = 0; j < rows; j++) acc[j][t][0] = _mm512_dpbf16_ps(acc[j][t][0], v[j], x);
+        }
+        i += 32;
+    }
+    for (int j = 0; j < rows; j++)
+        for (int t = 0; t < tb; t++) {
+            float s = _mm512_reduce_add_ps(split ? _mm512_add_ps(acc[j][t][0], acc[j][t][1]) : acc[j][t][0]);
+            for (int k = i; k < in; k++) s += bf16_to_f32(w[j][k]) * bf16_to_f32(xb[(size_t)t * in + k]);
+            r[j][t] = s;
+        }
+}
+
+static BF16_TARGET void bd_rows(void *p, int begin, int end) {
+    bd_args *a = (bd_args *)p;
+    int in = a->in, rows = a->rows;
+    for (int b0 = 0; b0 < a->T; b0 += BD_BLOCK) {
+        int b1 = a->T - b0 < BD_BLOCK ? a->T : b0 + BD_BLOCK;
+        for (int g = begin; g < end; g++) {
+            int o0 = g * rows, nr = a->out - o0 < rows ? a->out - o0 : rows;
+            const uint16_t *w[BD_ROWS];
+            for (int j = 0; j < rows; j++) w[j] = a->w + (size_t)(o0 + (j < nr ? j : 0)) * in;  /* a ragged group repeats its first row */
+            for (int t0 = b0; t0 < b1; t0 += 4) {
+                int tb = b1 - t0 < 4 ? b1 - t0 : 4;
+                float r[BD_ROWS][4];
+                const uint16_t *xb = a->xb + (size_t)t0 * in;
+                switch (rows * 8 + tb) {  /* constant tile shapes, so the accumulators stay in registers */
+                    case 36: bd_tile(w, 4, xb, in, 4, r); break;
+                    case 35: bd_tile(w, 4, xb, in, 3, r); break;
+                    case 34: bd_tile(w, 4, xb, in, 2, r); break;
+                    case 33: bd_tile(w, 4, xb, in, 1, r); break;
+                    case 12: bd_tile(w, 1, xb, in, 4, r); break;
+                    case 11: bd_tile(w, 1, xb, in, 3, r); break;
+                    case 10: bd_tile(w, 1, xb, in, 2, r); break;
+                    default: bd_tile(w, 1, xb, in, 1, r); break;
+                }
+                for (int t = 0; t < tb; t++)
+                    for (int j = 0; j < nr; j++)
+                        a->y[(size_t)(t0 + t) * a->out + o0 + j] = r[j][t] + (a->bias ? a->bias[o0 + j] : 0.0f);
+            }
+        }
+    }
+}
+
+static BF16_TARGET void bd_round(const float *x, uint16_t *xb, size_t n) {
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        _mm512_storeu_si512(xb + i, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i)));
+    for (; i < n; i++) xb[i] = f32_to_bf16(x[i]);
+}
+#endif
+
+void bf16_gemv_bf16x(const uint16_t *w, const float *x, const float *bias, float *y, int T, int out, int in, int nthreads) {
+    size_t n = (size_t)T * in;
+#ifdef HAVE_AVX512
+    uint16_t *xb = aligned_alloc(64, (n * 2 + 63) / 64 * 64);
+    if (!xb) abort();
+    bd_round(x, xb, n);
+    int rows = T > BD_FEW ? BD_ROWS : 1;  /* a few tokens: one row at a time streams the weights fastest */
+    bd_args a = {w, xb, bias, y, T, out, in, rows};
+    int groups = (out + rows - 1) / rows;
+    parallel_rows(bd_rows, &a, groups, out < 64 * nthreads ? 1 : nthreads);
+    free(xb);
+#else
+    float *xr = malloc(n * sizeof(float));
+    if (!xr) abort();
+    for (size_t i = 0; i < n; i++) xr[i] = bf16_to_f32(f32_to_bf16(x[i]));
+    bf16_gemv(w, xr, bias, y, T, out, in, nthreads);
+    free(xr);
+#endif
+}
+
 /* ---- causal grouped-query attention with a sink logit per head, one query row at a time ----
  * q (T, n_kv * rep, d), k and v (rows, n_kv, d), out (T, n_kv * rep, d). Query t sits at key row
  * pos0 + t and sees rows [first, pos0 + t] (first = that minus window - 1, or 0 without a window).

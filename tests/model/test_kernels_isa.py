@@ -59,13 +59,41 @@ def test_the_build_has_the_instructions_it_is_named_for(isa):
 
 @pytest.mark.parametrize("tokens", [1, 3, 4, 9])  # decode; tiles of 4 (AVX-512) and 8 (AVX2) and their tails
 @pytest.mark.parametrize("inp", [96, 200, 4096])  # 64-wide steps + a 32 tail; a scalar tail; whole
-def test_bf16_matvec(isa, tokens, inp):
+def test_bf16_matvec(isa, tokens, inp, monkeypatch):
+    monkeypatch.setenv("GPTOSS_KERNELS_BF16", "0")  # float32 activations (bf16 ones: the test below)
     gen = torch.Generator().manual_seed(inp + tokens)
     w = torch.randn(71, inp, generator=gen).bfloat16()  # 71: output rows in pairs and one alone
     x, bias = torch.randn(tokens, inp, generator=gen), torch.randn(71, generator=gen)
     want = x.double() @ w.double().T + bias.double()
     _close(kernels.linear(x, w, bias), want, 1e-5)  # float32 sums of up to 4096 products
     _close(kernels.linear(x, w, None), want - bias.double(), 1e-5)
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 16, 17, 70])  # decode rows (one weight row at a time); 4-row groups, 64-token blocks
+@pytest.mark.parametrize("inp", [96, 200, 2880])  # 64-value steps + a 32 tail; a scalar tail; the 20b hidden size
+def test_bf16_activations_are_the_exact_product_of_rounded_activations(isa, tokens, inp):
+    """``bf16_gemv_bf16x`` (vdpbf16ps where the CPU has AVX-512 BF16; elsewhere the float32 matvec on
+    the same rounded activations) against float64; ``linear`` takes it where ``bf16_activations()``."""
+    gen = torch.Generator().manual_seed(inp * 7 + tokens)
+    w = torch.randn(71, inp, generator=gen).bfloat16()  # 71: groups of 4 rows and a ragged one
+    x, bias = torch.randn(tokens, inp, generator=gen) * 3, torch.randn(71, generator=gen)
+    lib = kernels._library()
+    assert lib is not None
+    y = torch.empty(tokens, 71)
+    lib.bf16_gemv_bf16x(*(kernels._ptr(t) for t in (w, x, bias, y)), tokens, 71, inp, 2)
+    rounded = x.bfloat16().double() @ w.double().T + bias.double()
+    _close(y, rounded, 1e-5)
+    _close(y, x.double() @ w.double().T + bias.double(), 5e-3)  # the bf16 rounding of x itself
+    if tokens <= 16 and kernels.bf16_activations():  # decode rows: each as alone (a session decodes alike in a batch)
+        for t in range(tokens):
+            alone = torch.empty(1, 71)
+            lib.bf16_gemv_bf16x(*(kernels._ptr(v) for v in (w, x[t : t + 1].contiguous(), bias, alone)), 1, 71, inp, 2)
+            assert torch.equal(alone, y[t : t + 1]), t
+    got = kernels.linear(x, w, bias)
+    if kernels.bf16_activations():
+        assert isa in ("avx512", "amx") and torch.equal(got, y)
+    else:
+        _close(got, x.double() @ w.double().T + bias.double(), 1e-5)
 
 
 def _mxfp4(out: int, groups: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -87,6 +87,7 @@ def test_fused_kernel_matches_unpacked_matmul():
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_bf16_kernel_matches_matmul(monkeypatch, with_bias):
     monkeypatch.setattr(kernels, "SCRATCH_ELEMENTS", 30 * 96)  # BLAS path in blocks of 30 rows
+    monkeypatch.setenv("GPTOSS_KERNELS_BF16", "0")  # float32 activations (test_kernels_isa: bf16 ones)
     w = torch.randn(80, 96).bfloat16()
     bias = torch.randn(80) if with_bias else None
     for t in (1, 2, 9, 70):  # 70 rows: widened a block at a time, then BLAS
