@@ -890,35 +890,39 @@ typedef struct { const uint16_t *w; const uint16_t *xb; const float *bias; float
 
 static inline BF16_TARGET __attribute__((always_inline)) void bd_tile(const uint16_t *const w[BD_ROWS], int rows,
                                                                       const uint16_t *xb, int in, int tb, float r[BD_ROWS][4]) {
-    /* one row at a time (up to BD_FEW tokens): two accumulators per token (even and odd 32-value chunks),
-     * so that one token alone still has two chains of vdpbf16ps in flight; groups of 4 rows: one (32
-     * would not fit the registers). Either way a token's sums come in the same order for any tb. */
-    const int split = rows == 1;
-    __m512 acc[BD_ROWS][4][2];
+    /* one row at a time (up to BD_FEW tokens: decode): four accumulators per token, one per 32-value
+     * chunk of each 128, so that a token alone still has four chains of vdpbf16ps in flight (it
+     * streams the weights as fast as the float32 matvec); groups of 4 rows (prefill): one each, 16
+     * in all. Either way a token's sums come in the same order for any tb. */
+    const int split = rows == 1 ? 4 : 1;
+    __m512 acc[BD_ROWS][4][4];
     for (int j = 0; j < rows; j++)
-        for (int t = 0; t < tb; t++) acc[j][t][0] = acc[j][t][1] = _mm512_setzero_ps();
+        for (int t = 0; t < tb; t++)
+            for (int h = 0; h < split; h++) acc[j][t][h] = _mm512_setzero_ps();
     int i = 0;
-    for (; i + 64 <= in; i += 64)
-        for (int h = 0; h < 2; h++) {
+    for (; i + 128 <= in; i += 128)
+        for (int h = 0; h < 4; h++) {
             __m512bh v[BD_ROWS];
             for (int j = 0; j < rows; j++) v[j] = (__m512bh)_mm512_loadu_si512(w[j] + i + 32 * h);
             for (int t = 0; t < tb; t++) {
                 __m512bh x = (__m512bh)_mm512_loadu_si512(xb + (size_t)t * in + i + 32 * h);
-                for (int j = 0; j < rows; j++) acc[j][t][h & split] = _mm512_dpbf16_ps(acc[j][t][h & split], v[j], x);
+                for (int j = 0; j < rows; j++) acc[j][t][h % split] = _mm512_dpbf16_ps(acc[j][t][h % split], v[j], x);
             }
         }
-    if (i + 32 <= in) {
+    for (; i + 32 <= in; i += 32) {
         __m512bh v[BD_ROWS];
         for (int j = 0; j < rows; j++) v[j] = (__m512bh)_mm512_loadu_si512(w[j] + i);
         for (int t = 0; t < tb; t++) {
             __m512bh x = (__m512bh)_mm512_loadu_si512(xb + (size_t)t * in + i);
             for (int j = 0; j < rows; j++) acc[j][t][0] = _mm512_dpbf16_ps(acc[j][t][0], v[j], x);
         }
-        i += 32;
     }
     for (int j = 0; j < rows; j++)
         for (int t = 0; t < tb; t++) {
-            float s = _mm512_reduce_add_ps(split ? _mm512_add_ps(acc[j][t][0], acc[j][t][1]) : acc[j][t][0]);
+            __m512 sum = acc[j][t][0];
+            if (split == 4)
+                sum = _mm512_add_ps(_mm512_add_ps(acc[j][t][0], acc[j][t][1]), _mm512_add_ps(acc[j][t][2], acc[j][t][3]));
+            float s = _mm512_reduce_add_ps(sum);
             for (int k = i; k < in; k++) s += bf16_to_f32(w[j][k]) * bf16_to_f32(xb[(size_t)t * in + k]);
             r[j][t] = s;
         }
