@@ -134,6 +134,7 @@ def _compiler_version(cc: str) -> str:
     return out.splitlines()[0] if out else ""
 
 
+@functools.cache
 def cpu_features() -> frozenset[str]:
     """The CPU's feature flags as Linux names them (``avx2``, ``avx512_vnni``, ``amx_tile``...)."""
     for line in cpu_signature().splitlines():
