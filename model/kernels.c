@@ -572,6 +572,46 @@ void mxfp4_gemv_q8(const uint8_t *blocks, const uint8_t *scales, const float *x,
     parallel_rows(q8_rows, &a, out, out * T < 64 * nthreads ? 1 : nthreads);
 }
 
+/* Decode through the k experts a token chose in one call: y[j] = W[ids[j]] x[j or 0] + bias[ids[j]], W packed
+ * (E, out, G, 16) / (E, out, G) and bias (E, out). x holds one row (mlp1: the same input for every expert)
+ * or k rows (mlp2). One job over k * out rows: fewer waits than k calls, and each y[j] is what
+ * mxfp4_gemv_q8 gives for that expert and row alone (the same q8_dot). */
+#define Q8_MAX_EXPERTS 16
+typedef struct { q8_args a[Q8_MAX_EXPERTS]; int out; } q8_multi;
+static void q8_multi_rows(void *p, int begin, int end) {
+    q8_multi *m = (q8_multi *)p;
+    for (int r = begin; r < end; r++) {
+        const q8_args *a = &m->a[r / m->out];
+        int o = r % m->out;
+        a->y[o] = q8_dot(a, o, 0);
+    }
+}
+
+void mxfp4_gemv_q8_experts(const uint8_t *blocks, const uint8_t *scales, const float *bias, const int64_t *ids, int k,
+                           const float *x, int x_rows, float *y, int out, int G, int nthreads) {
+    init_scales();
+    if (k > Q8_MAX_EXPERTS) abort();
+    int8_t qx[x_rows * Q8_X(G)];
+    uint8_t qa[x_rows * Q8_X(G)];
+    float dx[x_rows * Q8_DX(G)];
+    int32_t nc[x_rows * Q8_NC(G)];
+    int8_t qv[x_rows * Q8_QV(G)];
+    for (int t = 0; t < x_rows; t++)
+        q8_quantize(x + (size_t)t * G * 32, G, qx + t * Q8_X(G), qa + t * Q8_X(G), dx + t * Q8_DX(G),
+                    nc + t * Q8_NC(G), qv + t * Q8_QV(G));
+    q8_multi m;
+    m.out = out;
+    for (int j = 0; j < k; j++) {
+        int t = x_rows > 1 ? j : 0;
+        size_t e = (size_t)ids[j];
+        q8_args a = {blocks + e * out * G * 16, scales + e * out * G, qx + t * Q8_X(G), qa + t * Q8_X(G),
+                     dx + t * Q8_DX(G), bias ? bias + e * out : 0, y + (size_t)j * out, G, nc + t * Q8_NC(G),
+                     qv + t * Q8_QV(G), 1, out};
+        m.a[j] = a;
+    }
+    parallel_rows(q8_multi_rows, &m, k * out, k * out < 64 * nthreads ? 1 : nthreads);
+}
+
 /* ---- many tokens with int8 activations: y (T, out) = q8(x) (T, in) @ W.T + bias ----
  * The prefill counterpart of mxfp4_gemv_q8, for the engines that compute in bf16: each token is
  * quantized per 32-element group exactly as there (dx = max|x| / 127), and each y[t, o] is

@@ -260,6 +260,7 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.mxfp4_gemv_q8.argtypes = [p, p, p, p, p, i, i, i, i]
     lib.mxfp4_gemm.argtypes = [p, p, p, p, p, i, i, i, i]
     lib.mxfp4_gemm_q8.argtypes = [p, p, p, p, p, i, i, i, i]
+    lib.mxfp4_gemv_q8_experts.argtypes = [p, p, p, p, i, p, i, p, i, i, i]
     lib.bf16_gemv.argtypes = [p, p, p, p, i, i, i, i]
     lib.bf16_gemv_bf16x.argtypes = [p, p, p, p, i, i, i, i]
     lib.attention_rows.argtypes = [p, p, p, i, p, p, i, i, i, i, i, i, ctypes.c_float, i]
@@ -271,6 +272,7 @@ def _bind(lib: ctypes.CDLL) -> None:
         lib.mxfp4_gemv,
         lib.mxfp4_gemm,
         lib.mxfp4_gemm_q8,
+        lib.mxfp4_gemv_q8_experts,
         lib.mxfp4_gemv_q8,
         lib.bf16_gemv,
         lib.bf16_gemv_bf16x,
@@ -514,6 +516,34 @@ def mxfp4_linear(
         lib.mxfp4_gemv_q8(_ptr(blocks), _ptr(scales), _ptr(x), _ptr(b), _ptr(y), x.shape[0], out, g, _threads())
         return y
     lib.mxfp4_gemv(_ptr(blocks), _ptr(scales), _ptr(x), _ptr(b), _ptr(y), x.shape[0], out, g, _threads())
+    return y
+
+
+def mxfp4_experts_q8(
+    x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor, experts: torch.Tensor
+) -> torch.Tensor | None:
+    """One decode token through several experts at once, on int8 activations: row ``j`` of the result
+    is expert ``experts[j]`` of ``blocks (E, out, G, 16)`` / ``scales (E, out, G)`` / ``bias (E, out)``
+    applied to ``x[0]`` (``x`` one row: the same input for all) or ``x[j]``, bit for bit what
+    ``mxfp4_linear(..., int8=True)`` gives per expert; one call instead of one per expert (fewer
+    waits for the thread pool). None where the kernels or int8 are off."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2 or not int8_enabled():
+        return None
+    if not (blocks.is_contiguous() and scales.is_contiguous()) or experts.numel() > 16:
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    x = x.contiguous()
+    ids = experts.to(torch.int64).contiguous()
+    k = ids.numel()
+    _, out, g, _ = blocks.shape
+    y = torch.empty(k, out, dtype=torch.float32)
+    b = _cpu_f32(bias)
+    lib.mxfp4_gemv_q8_experts(
+        _ptr(blocks), _ptr(scales), _ptr(b), _ptr(ids), k, _ptr(x), x.shape[0], _ptr(y),
+        out, g, _threads(),
+    )  # fmt: skip
     return y
 
 

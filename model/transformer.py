@@ -278,6 +278,11 @@ class MLPBlock(nn.Module):
         expert_weights = torch.softmax(top.values.float(), dim=-1).to(x.dtype)  # (T, k)
         if x.shape[0] == 1:  # decoding: run the k chosen experts directly
             out = torch.zeros_like(x)
+            fused = self._experts_fused(top.indices[0], t) if q8 else None
+            if fused is not None:  # all k in one kernel call per projection, each as alone
+                for s, w in enumerate(expert_weights[0]):
+                    out += fused[s : s + 1] * w
+                return x + out
             for e, w in zip(top.indices[0].tolist(), expert_weights[0], strict=True):
                 out += self._expert(e, t, q8) * w
             return x + out
@@ -296,6 +301,17 @@ class MLPBlock(nn.Module):
             rows, slot = torch.where(chosen == e)
             out.index_add_(0, rows, self._expert(e, t[rows], q8) * expert_weights[rows, slot, None])
         return x + out
+
+    def _experts_fused(self, chosen: torch.Tensor, t: torch.Tensor) -> torch.Tensor | None:
+        """The chosen experts of one token ``t (1, hidden)`` on int8 activations: ``(k, hidden)``, row
+        ``j`` bit for bit ``_expert(chosen[j], t, True)``; None where the fused kernel does not run."""
+        if not (isinstance(self.mlp1, MXFP4Experts) and isinstance(self.mlp2, MXFP4Experts)):
+            return None
+        up = kernels.mxfp4_experts_q8(t, self.mlp1.blocks, self.mlp1.scales, self.mlp1_bias, chosen)
+        if up is None:
+            return None
+        h = swiglu(up, self.alpha, self.limit)
+        return kernels.mxfp4_experts_q8(h, self.mlp2.blocks, self.mlp2.scales, self.mlp2_bias, chosen)
 
     def _expert(self, e: int, t: torch.Tensor, q8: bool) -> torch.Tensor:
         """Expert ``e`` on its tokens ``t (n, hidden)``: up-project, SwiGLU, down-project."""

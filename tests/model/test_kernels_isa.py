@@ -151,6 +151,25 @@ def test_int8_rows_of_a_batch_each_equal_their_own_matvec(isa, tokens, groups):
         _close(got[t : t + 1], _quantized(x[t : t + 1]) @ dequantize(blocks, scales).double().T + bias.double(), 1e-6)
 
 
+@pytest.mark.parametrize("groups", [3, 90])
+def test_a_tokens_experts_in_one_call_equal_each_alone(isa, groups):
+    """Decode: the k experts of a token through one kernel call (mlp1: one input for all; mlp2: one
+    row each), bit for bit the per-expert int8 matvec."""
+    gen = torch.Generator().manual_seed(groups)
+    blocks = torch.randint(0, 256, (6, 70, groups, 16), dtype=torch.uint8, generator=gen)
+    scales = torch.randint(115, 135, (6, 70, groups), dtype=torch.uint8, generator=gen)
+    bias = torch.randn(6, 70, generator=gen)
+    chosen = torch.tensor([4, 0, 5, 2])
+    shared = torch.randn(1, groups * 32, generator=gen)
+    rows = torch.randn(4, groups * 32, generator=gen)
+    for x in (shared, rows):
+        got = kernels.mxfp4_experts_q8(x, blocks, scales, bias, chosen)
+        assert got is not None and got.shape == (4, 70)
+        for j, e in enumerate(chosen.tolist()):
+            alone = kernels.mxfp4_linear(x[j % x.shape[0]][None], blocks[e], scales[e], bias[e], int8=True)
+            assert torch.equal(got[j : j + 1], alone), (x.shape, j)
+
+
 @pytest.mark.parametrize("tokens", [16, 23, 64])  # the GEMM's threshold, ragged tiles of 4 tokens, a prefill
 @pytest.mark.parametrize(("out", "groups"), [(40, 1), (300, 3), (64, 9), (33, 90)])  # ragged 32-row panels
 def test_int8_prefill_is_the_exact_product_of_quantized_activations(isa, tokens, out, groups):
