@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("checkpoint", nargs="?", help="a checkpoint directory (default: the shipped one)")
     e.add_argument("--n", type=int, default=100, help="cases per skill")
     e.add_argument("--seed", type=int, default=1)
+    e.add_argument("--split", choices=("heldout", "train"), default="heldout",
+                   help="train: phrasings and names trained on, new numbers (what was learnt, not generalisation)")
     e.add_argument("--skills", default="python,functions,browser")
     e.add_argument("--sandbox", default="auto")
     e.add_argument("--url", help="evaluate a vLLM server serving the same weights instead")
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             engine = load_engine(args.url)
         skills = tuple(s.strip() for s in args.skills.split(",") if s.strip())
         results = evaluate(args.checkpoint, n=args.n, seed=args.seed, skills=skills, sandbox=args.sandbox,
-                           engine=engine, log=_log(args.log))  # fmt: skip
+                           engine=engine, log=_log(args.log), split=args.split)  # fmt: skip
         if args.json:
             with open(args.json, "w") as f:
                 json.dump([asdict(r) for r in results], f, default=str, indent=1)

@@ -117,9 +117,11 @@ def run_case(engine: Any, conv: Any, setting: Any, sandbox: Any, enc: Any) -> Ca
     )  # fmt: skip
 
 
-def cases(enc: Any, skill: str, n: int, seed: int) -> Iterator[tuple[Any, Any]]:
-    """``n`` held-out (conversation, setting) pairs of ``skill``; arithmetic balanced by result length."""
-    gen = Generator(enc, split="heldout", skills=("python", "functions", "browser"))
+def cases(enc: Any, skill: str, n: int, seed: int, split: str = "heldout") -> Iterator[tuple[Any, Any]]:
+    """``n`` (conversation, setting) pairs of ``skill`` from ``split`` (``train``: the phrasings,
+    names and functions trained on, with new numbers: what the model learnt, not how it
+    generalises); arithmetic balanced by result length."""
+    gen = Generator(enc, split=split, skills=("python", "functions", "browser"))
     rng = random.Random(seed * 7919 + len(skill))
     buckets: dict[str, int] = defaultdict(int)
     made = 0
@@ -147,8 +149,9 @@ def evaluate(
     sandbox: str = "auto",
     engine: Any = None,
     log: Callable[[str], None] | None = None,
+    split: str = "heldout",
 ) -> list[CaseResult]:
-    """Run ``n`` held-out cases per skill; ``engine`` overrides loading ``checkpoint``."""
+    """Run ``n`` cases per skill from ``split`` (held-out by default); ``engine`` overrides loading ``checkpoint``."""
     from gptoss_agent.model.tokenizer import load_tokenizer
     from gptoss_agent.sandbox import open_sandbox
 
@@ -162,7 +165,7 @@ def evaluate(
     with open_sandbox(sandbox) as session:
         for skill in skills:
             t0 = time.perf_counter()
-            for conv, setting in cases(enc, skill, n, seed):
+            for conv, setting in cases(enc, skill, n, seed, split):
                 r = run_case(engine, conv, setting, session, enc)
                 results.append(r)
                 if log is not None and not r.correct:
