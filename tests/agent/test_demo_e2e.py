@@ -4,10 +4,11 @@ the shipped checkpoint (unpacked by ``load_engine("demo")``), the bubblewrap san
 ``FunctionTool`` objects, the real ``Browser`` over a site served by a local HTTP server, and the
 ``gptoss-agent`` command as a user runs it. Greedy decoding.
 
-The shipped checkpoint is undertrained (see the README's demo model section): it picks the tool,
-writes harmony the parser accepts, sends code or JSON, reads the result and answers, but does not
-yet copy numbers and names exactly. So these tests assert the choices and the path through the
-real components, not the exactness of the answer; ``benchmarks/demo_accuracy.py`` measures that."""
+The shipped checkpoint is undertrained (see the README's demo model section): it does arithmetic
+through python exactly in the phrasings it was trained on (the README's command among them), and
+picks the tool, writes harmony the parser accepts and answers elsewhere, without copying names
+exactly yet. So the arithmetic tests assert the exact answer; the others assert the choices and the
+path through the real components; ``benchmarks/demo_accuracy.py`` measures the rest."""
 
 from __future__ import annotations
 
@@ -55,9 +56,9 @@ def test_python_arithmetic_through_the_sandbox(engine, sandbox, enc):
     result = agent.run("What is 123456 * 789? Use python.")
     assert [c.recipient for c in result.tool_calls] == ["python"]  # the model chose the tool
     call = result.tool_calls[0]
-    assert not call.is_error and "*" in call.arguments
-    assert call.output == python_value(call.arguments)  # the sandbox ran the model's own code
-    assert result.stop_reason == "answer" and result.answer.startswith("The answer is ")
+    assert not call.is_error and call.arguments == "123456 * 789"  # the operands copied from the question
+    assert call.output == python_value(call.arguments) == "97406784"  # the sandbox ran the model's own code
+    assert result.stop_reason == "answer" and result.answer == "The answer is 97406784."  # copied back
 
 
 def test_a_function_never_seen_in_training(engine, enc):
@@ -185,5 +186,5 @@ def test_the_readme_command(tmp_path):
     assert [c["recipient"] for c in data["tool_calls"]] == ["python"]
     call = data["tool_calls"][0]
     assert not call["is_error"] and call["output"].strip()  # the sandbox ran the model's code
-    assert data["stop_reason"] == "answer" and data["answer"]
+    assert data["stop_reason"] == "answer" and "97406784" in data["answer"]  # 123456 * 789, exactly
     assert (tmp_path / "cache" / "demo").is_dir()  # unpacked on first use
