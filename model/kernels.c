@@ -517,26 +517,31 @@ static void q8_rows(void *p, int begin, int end) {
 }
 
 /* Row x (G groups of 32) quantized into one row of each buffer (sizes: Q8_X, Q8_DX, Q8_NC, Q8_QV). */
+/* One group of 32 values rounded to int8 steps of max|x| / 127 (to nearest even); returns max|x|. */
+static inline float q8_round32(const float *xg, int32_t q[32]) {
+    float amax = 0.0f;
+#ifdef HAVE_AVX2
+    const __m256 nosign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    __m256 m = _mm256_setzero_ps();
+    for (int k = 0; k < 32; k += 8) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(xg + k), nosign));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+    __m256 inv8 = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+    for (int k = 0; k < 32; k += 8)  /* rounds to nearest even, as lrintf */
+        _mm256_storeu_si256((__m256i *)(q + k), _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + k), inv8)));
+#else
+    for (int k = 0; k < 32; k++) amax = fmaxf(amax, fabsf(xg[k]));
+    float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    for (int k = 0; k < 32; k++) q[k] = (int32_t)lrintf(xg[k] * inv);
+#endif
+    return amax;
+}
+
 static void q8_quantize(const float *x, int G, int8_t *qx, uint8_t *qa, float *dx, int32_t *nc, int8_t *qv) {
     for (int g = 0; g < G; g++) {
-        const float *xg = x + g * 32;
         int32_t q[32];
-        float amax = 0.0f;
-#ifdef HAVE_AVX2
-        const __m256 nosign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-        __m256 m = _mm256_setzero_ps();
-        for (int k = 0; k < 32; k += 8) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(xg + k), nosign));
-        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-        amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
-        __m256 inv8 = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
-        for (int k = 0; k < 32; k += 8)  /* rounds to nearest even, as lrintf */
-            _mm256_storeu_si256((__m256i *)(q + k), _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + k), inv8)));
-#else
-        for (int k = 0; k < 32; k++) amax = fmaxf(amax, fabsf(xg[k]));
-        float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        for (int k = 0; k < 32; k++) q[k] = (int32_t)lrintf(xg[k] * inv);
-#endif
+        float amax = q8_round32(x + g * 32, q);
         for (int k = 0; k < 4; k++) dx[g * 4 + k] = amax / 254.0f;
         int32_t sum = 0;
         for (int k = 0; k < 32; k++) sum += q[k];
@@ -722,16 +727,12 @@ void mxfp4_gemm_q8(const uint8_t *blocks, const uint8_t *scales, const float *x,
     memset(dx, 0, (size_t)Tp * G * sizeof(float));
     memset(nc, 0, (size_t)Tp * G * sizeof(int32_t));
     for (int t = 0; t < T; t++)
-        for (int g = 0; g < G; g++) {
-            const float *xg = x + (size_t)t * in + g * 32;
-            float amax = 0.0f;
-            for (int k = 0; k < 32; k++) amax = fmaxf(amax, fabsf(xg[k]));
-            float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-            int32_t sum = 0;
+        for (int g = 0; g < G; g++) {  /* as the matvec's q8_quantize rounds them */
+            int32_t q[32], sum = 0;
+            float amax = q8_round32(x + (size_t)t * in + g * 32, q);
             for (int k = 0; k < 32; k++) {
-                int32_t q = (int32_t)lrintf(xg[k] * inv);
-                xq[(size_t)t * in + g * 32 + k] = (int8_t)q;
-                sum += q;
+                xq[(size_t)t * in + g * 32 + k] = (int8_t)q[k];
+                sum += q[k];
             }
             dx[(size_t)t * G + g] = amax / 127.0f;
             nc[(size_t)t * G + g] = -12 * sum;
