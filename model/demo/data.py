@@ -3,8 +3,11 @@
 Each skill writes whole conversations as the ``Agent`` would hold them after a good run: the
 system and developer messages come from a real ``Agent`` over the real tools (``Setting.head``),
 the user's question from one of many templates (casing and small typos varied), then the steps
-the model should take and the tools' real answers. Templates and function schemas are split
-into a ``train`` and a ``heldout`` part, so evaluation asks in phrasings never trained on.
+the model should take and the tools' real answers. Sentence templates, function schemas and
+entity names are split into a ``train`` and a ``heldout`` part, so evaluation asks in phrasings
+never trained on. The operator words ("take away", "the product of") are the skill's vocabulary
+rather than a phrasing: every one is trained (a model this small cannot guess that an unseen
+"take away" means ``-``), and the held-out questions put them in held-out frames.
 
     gen = Generator(enc, seed=0, split="train")
     setting = gen.setting(rng)                # tools, date, reasoning effort: one system prefix
@@ -230,7 +233,7 @@ def _arithmetic(rng: random.Random) -> tuple[str, dict[str, int]]:
 def python_conversation(rng: random.Random, setting: Setting, enc: Any, split: str) -> Conversation:
     if rng.random() < 0.8:
         op, nums = _arithmetic(rng)
-        phrase = _pick(rng, _OPS[op], split).format(**nums)
+        phrase = rng.choice(_OPS[op]).format(**nums)
         code = f"{nums['a']} {op} {nums['b']}"
         words = phrase
         lead = "The answer is"
@@ -245,7 +248,7 @@ def python_conversation(rng: random.Random, setting: Setting, enc: Any, split: s
         listed = sep.join(map(str, values))
         if rng.random() < 0.3 and sep == ", ":
             listed = ", ".join(map(str, values[:-1])) + f" and {values[-1]}"
-        phrase = _pick(rng, _LIST_OPS[kind], split).format(items=listed)
+        phrase = rng.choice(_LIST_OPS[kind]).format(items=listed)
         vals = "[" + ", ".join(map(str, values)) + "]"
         code = f"sum({vals})" if kind == "sum" else f"x = {vals}\nsum(x) / len(x)"
         words = phrase
@@ -292,11 +295,26 @@ _COPY_THOUGHT = {
 }  # fmt: skip
 
 
+def _copy_value(rng: random.Random, split: str) -> str:
+    """A number of 1-12 digits, or a made-up name as the browser and function skills must copy
+    into a query or an argument (``Velmira``, ``lan_tradu``), from ``split``'s names only."""
+    from gptoss_agent.model.demo.browse import _word, split_of_name
+
+    r = rng.random()
+    if r < 0.55:
+        return str(_number(rng, rng.randint(1, 12)))
+    while split_of_name(word := _word(rng)) != split:
+        pass
+    if r < 0.8:
+        return word if rng.random() < 0.7 else word.lower()
+    return f"{word.lower()}_{_word(rng).lower()}"
+
+
 def copy_conversation(rng: random.Random, setting: Setting, enc: Any, split: str) -> Conversation:
-    """The user gives one to five numbers of 1-12 digits; the model repeats them exactly."""
-    values = [str(_number(rng, rng.randint(1, 12))) for _ in range(rng.randint(1, 5))]
+    """The user gives one to five numbers or names; the model repeats them exactly."""
+    values = [_copy_value(rng, split) for _ in range(rng.randint(1, 5))]
     x = rng.choice([" ", ", "]).join(values)
-    user = noisy(rng, _pick(rng, _COPY_FRAMES, split).format(x=x), protect=x.split(" "))
+    user = noisy(rng, _pick(rng, _COPY_FRAMES, split).format(x="\0")).replace("\0", x)  # names keep their case
     thought = rng.choice(_COPY_THOUGHT[setting.effort]).format(x=x)
     head = setting.head(enc, user, _distractor_functions(rng, setting, split))
     steps = [Step([assistant("analysis", thought), assistant("final", x)])]

@@ -116,12 +116,17 @@ def test_browser_pages_come_from_the_real_browser(enc):
     assert f"L{line}: " in page and conv.answer in page.split(f"L{line}: ")[1].split("\n")[0]
 
 
-def test_copy_conversations_repeat_the_numbers_of_the_question(enc, gen):
+def test_copy_conversations_repeat_the_numbers_and_names_of_the_question(enc, gen):
     rng = random.Random(5)
-    for _ in range(20):
+    names = []
+    for _ in range(40):
         setting = gen.setting(rng, "copy")
         conv = gen.conversation(rng, setting, "copy")
         assert setting.builtins == () and not setting.functions  # the short system message
         final = conv.steps[-1].messages[-1]
         assert final.channel == "final" and final.text == conv.answer
-        assert conv.answer in conv.user
+        assert conv.answer in conv.user  # copied exactly: no typo lands inside a value
+        names += [v for v in conv.answer.replace(",", " ").split() if not v.isdigit()]
+    assert len(names) >= 10 and any("_" in n for n in names)
+    # names copied in training are training names: held-out entities stay unseen
+    assert all(browse.split_of_name(n.split("_")[0].capitalize()) == "train" for n in names)
