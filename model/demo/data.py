@@ -272,7 +272,7 @@ def python_conversation(rng: random.Random, setting: Setting, enc: Any, split: s
     return Conversation("python", head, steps, value, {"code": code, "digits": len(value.lstrip("-"))})
 
 
-# ---- copy: repeat numbers back (a training aid, not an evaluated skill) ---------------------
+# ---- copy: repeat numbers and names back (a training aid, not an evaluated skill) -----------
 #
 # Every other skill needs the model to copy numbers (question -> code, tool output -> answer), and
 # copying needs induction heads (find the earlier occurrence of this token, emit the one after it).
