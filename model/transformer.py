@@ -37,7 +37,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         if fast is not None:
             return fast
         weight = weight.to(x.dtype)
-    return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
+    with kernels.torch_blas():
+        return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
 
 
 class RMSNorm(nn.Module):
@@ -114,7 +115,8 @@ def attention(
     if fast is not None:
         return fast
     k, v = k.to(q.dtype), v.to(q.dtype)
-    return masked_attention(q, k, v, sinks, q_start=q_start, k_start=k_start, window=window)
+    with kernels.torch_blas():
+        return masked_attention(q, k, v, sinks, q_start=q_start, k_start=k_start, window=window)
 
 
 def masked_attention(
@@ -385,15 +387,17 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """Logits (float32) for ``tokens (T,)``; with ``cache``, the tokens continue it and extend it.
 
-        ``last_only`` computes the logits of the last position only (prefill).
+        ``last_only`` computes the logits of the last position only (prefill). Torch's own small
+        operations run on one thread between the kernels' calls (``kernels.torch_on_one_thread``).
         """
         start = cache.length if cache is not None else 0
-        x = self.embedding[tokens].to(self.compute_dtype)  # (T, hidden)
-        for i, (attn, mlp) in enumerate(zip(self.attn, self.mlp, strict=True)):
-            x = attn(x, start, cache.layers[i] if cache is not None else None)
-            x = mlp(x)
-        x = self.norm(x[-1:] if last_only else x)
-        return linear(x, self.unembedding).float()
+        with kernels.torch_on_one_thread():
+            x = self.embedding[tokens].to(self.compute_dtype)  # (T, hidden)
+            for i, (attn, mlp) in enumerate(zip(self.attn, self.mlp, strict=True)):
+                x = attn(x, start, cache.layers[i] if cache is not None else None)
+                x = mlp(x)
+            x = self.norm(x[-1:] if last_only else x)
+            return linear(x, self.unembedding).float()
 
     @torch.inference_mode()
     def decode_batch(self, tokens: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
