@@ -39,6 +39,9 @@ static void run_job(job_t *j) { if (j->begin < j->end) j->fn(j->args, j->begin, 
 /* ---- a persistent thread pool: starting a thread costs ~90 us here, a decode step makes ~270 calls ----
  * Workers spin for a while after each job (the next call usually comes within tens of microseconds),
  * then sleep on a condition variable. One job runs at a time; a forked child starts a fresh pool.
+ * A job's rows go in chunks that the threads take in turn (run_chunks): against fixed halves, a 5,120 x
+ * 2,880 bf16 matvec 1.23 -> 0.88 ms (median of pairs) with another process on both vCPUs, the same to
+ * 3% unloaded.
  * Both spin loops (a worker's, and the caller's waiting for its workers) yield the CPU after 50 us:
  * on a busy machine Linux may wake a worker on its caller's CPU, and a spinning worker then keeps the
  * caller off it until the next tick. Measured on 2 vCPUs with another process on both: a 1,024-row
@@ -47,12 +50,15 @@ static void run_job(job_t *j) { if (j->begin < j->end) j->fn(j->args, j->begin, 
 #define MAX_THREADS 16
 #define SPIN_SECONDS 3e-4
 #define YIELD_SECONDS 5e-5  /* spinning longer than this yields between checks */
+#define CHUNKS_PER_THREAD 8
 static pthread_mutex_t pool_job = PTHREAD_MUTEX_INITIALIZER, pool_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t pool_cv = PTHREAD_COND_INITIALIZER;
 static atomic_uint pool_gen;
 static atomic_int pool_left;
 static int pool_workers, pool_n, pool_atfork;
-static job_t pool_jobs[MAX_THREADS];
+static job_t pool_job_all;  /* the whole range; threads take CHUNKS_PER_THREAD * threads chunks of it in turn */
+static int pool_chunk;
+static atomic_int pool_next;
 
 static double mono(void) {
     struct timespec t;
@@ -65,6 +71,19 @@ static inline void cpu_relax(void) {
 #endif
 }
 typedef struct { int id; unsigned seen; } worker_t;
+/* Take chunks of the current job until none is left. Rows are independent, so which thread computes
+ * which chunk changes no result; taking them in turn lets a thread that runs slower (a vCPU the host
+ * holds back, another process on that core) take fewer instead of making every call wait for it. */
+static void run_chunks(void) {
+    for (;;) {
+        int b = atomic_fetch_add_explicit(&pool_next, pool_chunk, memory_order_relaxed);
+        if (b >= pool_job_all.end) return;
+        job_t j = pool_job_all;
+        j.begin = b;
+        if (b + pool_chunk < j.end) j.end = b + pool_chunk;
+        run_job(&j);
+    }
+}
 static worker_t worker_args[MAX_THREADS];
 
 static void *pool_worker(void *p) {
@@ -85,7 +104,7 @@ static void *pool_worker(void *p) {
             }
         }
         seen = g;
-        if (id < pool_n) run_job(&pool_jobs[id]);
+        if (id < pool_n) run_chunks();
         atomic_fetch_sub_explicit(&pool_left, 1, memory_order_acq_rel);
     }
     return 0;
@@ -101,7 +120,6 @@ static void pool_after_fork(void) {  /* the child has no workers; its locks may 
 static void parallel_rows(rows_fn fn, void *args, int n, int nthreads) {
     if (nthreads > n) nthreads = n;
     if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
-    int chunk = nthreads > 1 ? (n + nthreads - 1) / nthreads : n;
     if (nthreads <= 1) {
         job_t j = {fn, args, 0, n};
         run_job(&j);
@@ -123,19 +141,16 @@ static void parallel_rows(rows_fn fn, void *args, int n, int nthreads) {
         pool_workers++;
     }
     if (nthreads > pool_workers + 1) nthreads = pool_workers + 1;
-    for (int i = 0; i < nthreads; i++) {
-        pool_jobs[i].fn = fn; pool_jobs[i].args = args;
-        pool_jobs[i].begin = i * chunk < n ? i * chunk : n;
-        pool_jobs[i].end = (i + 1) * chunk < n ? (i + 1) * chunk : n;
-    }
-    if (nthreads * chunk < n) pool_jobs[nthreads - 1].end = n;  /* fewer workers than asked: the last takes the rest */
+    pool_job_all = (job_t){fn, args, 0, n};
+    pool_chunk = (n + nthreads * CHUNKS_PER_THREAD - 1) / (nthreads * CHUNKS_PER_THREAD);
+    atomic_store_explicit(&pool_next, 0, memory_order_relaxed);
     pool_n = nthreads;
     atomic_store_explicit(&pool_left, pool_workers, memory_order_release);
     pthread_mutex_lock(&pool_mu);
     atomic_fetch_add_explicit(&pool_gen, 1, memory_order_acq_rel);
     pthread_cond_broadcast(&pool_cv);
     pthread_mutex_unlock(&pool_mu);
-    run_job(&pool_jobs[0]);
+    run_chunks();
     double t0 = 0.0;
     for (int spins = 0; atomic_load_explicit(&pool_left, memory_order_acquire) > 0;) {
         cpu_relax();
