@@ -13,6 +13,10 @@ real mode):
   head of the full vocabulary reads 1.1 GB a step, more than two 20b layers, and batching it is
   free); from both, the projected aggregate of the whole 24-layer model (``24 / layers`` times
   the layers' step plus the head's);
+* the byte bound: how many distinct experts a batch step of N sessions chose (counted from the
+  routers' choices during the run), hence the bytes a step must read against N single steps,
+  and the speed-up that reading alone allows (``bound``): a batch cannot beat the ratio of the
+  bytes it saves;
 * sliding-window snapshots: the bytes a session's snapshots hold after a turn of a long
   generation, per anchor and per layer, scaled to the 20b's 12 sliding layers.
 
@@ -39,6 +43,7 @@ from gptoss_agent.model import Sampling
 from gptoss_agent.model.config import PRESETS, ModelConfig
 from gptoss_agent.model.local import LocalEngine, Session
 from gptoss_agent.model.random_checkpoint import write_random_checkpoint
+from gptoss_agent.model.transformer import SMALL_BATCH, MLPBlock, linear
 
 ROOT = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("GPTOSS_BENCH_CACHE", "/work/.cache-bench"))
@@ -77,6 +82,54 @@ def decode(session: Session, prompt: list[int], tokens: int) -> list[tuple[float
     return times
 
 
+class ExpertCounter:
+    """Distinct experts per batched MoE call (2..SMALL_BATCH rows), from the block's own router."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []  # (rows, distinct experts)
+        self._forward = MLPBlock.forward
+
+    def __enter__(self) -> ExpertCounter:
+        counter, forward = self, self._forward
+
+        def counted(block: MLPBlock, x: torch.Tensor) -> torch.Tensor:
+            if 1 < x.shape[0] <= SMALL_BATCH:
+                logits = linear(block.norm(x), block.gate_weight, block.gate_bias)
+                chosen = torch.topk(logits, k=block.top_k, dim=-1).indices
+                counter.calls.append((x.shape[0], int(chosen.unique().numel())))
+            return forward(block, x)
+
+        MLPBlock.forward = counted  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        MLPBlock.forward = self._forward  # type: ignore[method-assign]
+
+    def mean_distinct(self, rows: int) -> float | None:
+        seen = [d for r, d in self.calls if r == rows]
+        return statistics.mean(seen) if seen else None
+
+
+def step_bytes(engine: LocalEngine) -> dict[str, int]:
+    """Bytes one decode step reads: per layer the dense weights and one expert, and the head."""
+    model = engine.model
+    mlp = model.mlp[0]
+    expert = sum(
+        t[0].numel() * t[0].element_size() for w in (mlp.mlp1, mlp.mlp2) for t in (w.blocks, w.scales)
+    )
+    attn = model.attn[0]
+    layer = sum(t.numel() * t.element_size() for t in (attn.qkv_weight, attn.out_weight, mlp.gate_weight))
+    head = model.unembedding.numel() * model.unembedding.element_size()
+    return {"expert": expert, "dense_per_layer": layer, "head": head, "top_k": mlp.top_k}
+
+
+def byte_bound(b: dict[str, int], n: int, distinct: float, layers: int) -> float:
+    """Speed-up of one batch step of n sessions over n single steps if only bytes counted."""
+    single = layers * (b["dense_per_layer"] + b["top_k"] * b["expert"]) + b["head"]
+    batch = layers * (b["dense_per_layer"] + distinct * b["expert"]) + b["head"]
+    return n * single / batch
+
+
 def run_sessions(engine: LocalEngine, n: int, tokens: int, prompt_len: int) -> dict:
     """Steady-state rates: tokens that arrived while every session was decoding, over that time,
     in wall seconds and in CPU seconds of this process (the machine may be shared: CPU time is
@@ -101,10 +154,11 @@ def run_sessions(engine: LocalEngine, n: int, tokens: int, prompt_len: int) -> d
         arrivals[i] = decode(sessions[i], ps[i], tokens)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    with ExpertCounter() as counter:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
     # the window in which all n decoded together (their one-token prefills are serialised)
     first = max((a[0] for a in arrivals), key=lambda x: x[0])
     last = min((a[-1] for a in arrivals), key=lambda x: x[0])
@@ -118,10 +172,12 @@ def run_sessions(engine: LocalEngine, n: int, tokens: int, prompt_len: int) -> d
         "one_at_a_time_tokens_per_cpu_s": statistics.median(alone_cpu),
         "concurrent_tokens_per_cpu_s": sum(inside) / cpu,
         "mean_batch": (engine._batcher.rows - rows0) / max(1, engine._batcher.batches - batches0),
+        "distinct_experts_per_layer": counter.mean_distinct(n) if n > 1 else float(engine.model.mlp[0].top_k),
     }
 
 
-def bench(path: Path, counts: list[int], tokens: int, prompt_len: int, repeats: int) -> dict:
+def bench(path: Path, counts: list[int], tokens: int, prompt_len: int, repeats: int) -> tuple[dict, dict]:
+    """Rates per session count, and the bytes a step reads (``step_bytes``)."""
     engine = LocalEngine.from_checkpoint(path, device="cpu", dtype="bf16", batch_wait=0.05)
     touch_weights(engine)
     decode(engine.session(), prompts(engine, 1, prompt_len)[0], 4)  # warm
@@ -129,16 +185,17 @@ def bench(path: Path, counts: list[int], tokens: int, prompt_len: int, repeats: 
     for n in counts:
         runs = [run_sessions(engine, n, tokens, prompt_len) for _ in range(repeats)]
         keys = [k for k in runs[0] if k != "sessions"]
-        out[n] = {"sessions": n} | {k: statistics.median(r[k] for r in runs) for k in keys}
+        seen = {k: [r[k] for r in runs if r[k] is not None] for k in keys}
+        out[n] = {"sessions": n} | {k: statistics.median(v) if v else None for k, v in seen.items()}
         r = out[n]
         print(
             f"  {n} sessions: {r['concurrent_tokens_per_s']:.2f} tok/s together, "
             f"{r['one_at_a_time_tokens_per_s']:.2f} one at a time; per CPU second "
             f"{r['concurrent_tokens_per_cpu_s']:.2f} / {r['one_at_a_time_tokens_per_cpu_s']:.2f} "
-            f"(mean batch {r['mean_batch']:.1f})",
+            f"(mean batch {r['mean_batch']:.1f}, distinct experts a layer {r['distinct_experts_per_layer']})",
             file=sys.stderr,
         )
-    return out
+    return out, step_bytes(engine)
 
 
 def bench_snapshots(path: Path, history: int) -> dict:
@@ -191,9 +248,9 @@ def main() -> None:
     full = ensure_checkpoint(CACHE / f"{args.preset}-{args.layers}l", full_cfg)
     cut = ensure_checkpoint(CACHE / f"{args.preset}-{args.layers}l-v{args.layer_vocab}", cut_cfg)
     print(f"layers only (vocabulary {args.layer_vocab}):", file=sys.stderr)
-    layers = bench(cut, counts, args.tokens, args.prompt, args.repeats)
+    layers, _ = bench(cut, counts, args.tokens, args.prompt, args.repeats)
     print(f"{args.layers} layers + the full head:", file=sys.stderr)
-    whole = bench(full, counts, args.tokens, args.prompt, args.repeats)
+    whole, nbytes = bench(full, counts, args.tokens, args.prompt, args.repeats)
     # projected 24 layers: per step, (24 / layers) x the layers' time + the head's time
     projected = {}
     scale = PRESETS["20b"].num_hidden_layers / args.layers
@@ -202,6 +259,12 @@ def main() -> None:
         lay = {k: n / layers[n][k] for k in keys}  # seconds per step (of n tokens)
         head = {k: max(0.0, n / whole[n][k] - lay[k]) for k in keys}
         projected[n] = {k + "_24_layers": n / (scale * lay[k] + head[k]) for k in keys}
+        distinct = layers[n]["distinct_experts_per_layer"]
+        projected[n]["byte_bound_24_layers"] = (
+            byte_bound(nbytes, n, distinct, PRESETS["20b"].num_hidden_layers)
+            if distinct is not None
+            else None
+        )
     snapshots = bench_snapshots(full, args.history)
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {args.threads}",
@@ -210,11 +273,21 @@ def main() -> None:
         "tokens_per_session": args.tokens,
         "layers_only": layers,
         "with_head": whole,
+        "step_bytes": nbytes,
         "projected_20b": projected,
         "snapshots": snapshots,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print("projected 24 layers, together over one at a time, against the byte bound:")
+    for n in counts:
+        pr = projected[n]
+        gain = pr["concurrent_tokens_per_s_24_layers"] / pr["one_at_a_time_tokens_per_s_24_layers"]
+        bound = pr["byte_bound_24_layers"]
+        print(
+            f"{n:>8} {gain:.2f}x of a byte bound of "
+            + (f"{bound:.2f}x ({gain / bound:.0%})" if bound else "-")
+        )
     print(
         f"{'sessions':>8} {'layers only':>22} {'+ full head':>22} {'projected 24 layers':>22}   (together / one at a time)"
     )
