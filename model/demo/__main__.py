@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("archive", nargs="?", help="default: the package's demo-checkpoint.tar.xz")
     k.add_argument("--dir", help="also write the unpacked checkpoint directory here")
     sub.add_parser("path", help="unpack the shipped checkpoint (once) and print its directory")
+    b = sub.add_parser("bf16", help="write a checkpoint again with plain bf16 experts (the same weights, for vLLM on the CPU)")
+    b.add_argument("out", help="directory to write")
+    b.add_argument("--checkpoint", help="a demo checkpoint directory (default: the shipped one)")
     e = sub.add_parser("eval", help="accuracy on the held-out split through the real Agent and tools")
     e.add_argument("checkpoint", nargs="?", help="a checkpoint directory (default: the shipped one)")
     e.add_argument("--n", type=int, default=100, help="cases per skill")
@@ -91,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         except FileNotFoundError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        return 0
+    if args.command == "bf16":
+        from gptoss_agent.model.demo.pack import demo_checkpoint, export_bf16
+
+        print(export_bf16(args.checkpoint or demo_checkpoint(), args.out))
         return 0
     if args.command == "eval":
         from dataclasses import asdict

@@ -26,7 +26,7 @@ import torch
 from gptoss_agent.model.checkpoint import HF_LAYER_NAMES
 from gptoss_agent.model.config import ModelConfig
 
-__all__ = ["ARCHIVE", "demo_checkpoint", "export", "mxfp4_pack", "pack"]
+__all__ = ["ARCHIVE", "demo_checkpoint", "export", "export_bf16", "mxfp4_pack", "pack"]
 
 ARCHIVE = Path(__file__).with_name("demo-checkpoint.tar.xz")
 """The packed checkpoint shipped as package data."""
@@ -101,6 +101,32 @@ def export(state: str | Path | dict[str, Any], out: str | Path) -> Path:
         "train_config": state.get("train_config"),
     }
     (out / "demo.json").write_text(json.dumps(about, indent=2, default=str) + "\n")
+    return out
+
+
+def export_bf16(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write ``checkpoint`` (a demo checkpoint directory) again with the experts as plain bf16.
+
+    The same weights: every MXFP4 value (an e2m1 number times a power of two) is exact in bf16.
+    For servers without an MXFP4 path on the CPU (vLLM's needs AMX): ``serve`` this copy there and
+    it computes what the shipped checkpoint does."""
+    from gptoss_agent.model.mxfp4 import dequantize
+    from safetensors.torch import load_file, save_file
+
+    src, out = Path(checkpoint), Path(out)
+    tensors = load_file(str(src / "model.safetensors"))
+    for name in [n for n in tensors if n.endswith("_blocks")]:
+        base = name.removesuffix("_blocks")
+        w = dequantize(tensors.pop(name), tensors.pop(base + "_scales"), torch.float32)  # (E, out, in)
+        tensors[base] = w.transpose(1, 2).contiguous().to(torch.bfloat16)  # HF's (E, in, out)
+    config = json.loads((src / "config.json").read_text())
+    config.pop("quantization_config", None)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for extra in ("generation_config.json", "demo.json"):
+        if (src / extra).is_file():
+            shutil.copyfile(src / extra, out / extra)
     return out
 
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, replace
 
 import pytest
 import torch
-from gptoss_agent.model.demo.pack import ARCHIVE, demo_checkpoint, export, mxfp4_pack, pack
+from gptoss_agent.model.demo.pack import ARCHIVE, demo_checkpoint, export, export_bf16, mxfp4_pack, pack
 from gptoss_agent.model.demo.train import DEMO_CONFIG, DemoModel, mxfp4_round
 from gptoss_agent.model.local import LocalEngine, load_engine
 from gptoss_agent.model.mxfp4 import dequantize
@@ -68,6 +68,29 @@ def test_transformers_loads_the_export_and_agrees(trained, tmp_path):
         expected = theirs(ids[None]).logits[0]
         got = ours.model(ids)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def test_the_bf16_copy_holds_the_same_weights(trained, tmp_path):
+    # for vLLM on the CPU, which has no MXFP4 path without AMX: every MXFP4 value is exact in bf16
+    from safetensors.torch import load_file
+
+    _, state = trained
+    path = export(state, tmp_path / "ckpt")
+    copy = export_bf16(path, tmp_path / "bf16")
+    assert "quantization_config" not in json.loads((copy / "config.json").read_text())
+    packed, plain = load_file(str(path / "model.safetensors")), load_file(str(copy / "model.safetensors"))
+    assert not any(n.endswith(("_blocks", "_scales")) for n in plain)
+    for name, t in plain.items():
+        if name.endswith(("gate_up_proj", "down_proj")):
+            w = dequantize(packed[name + "_blocks"], packed[name + "_scales"])
+            assert torch.equal(t.float(), w.transpose(1, 2))  # HF's plain layout: (E, in, out)
+        else:
+            assert torch.equal(t, packed[name])
+    ids = torch.tensor([IDS[i % len(IDS)] for i in range(3, 300, 5)])
+    with torch.no_grad():  # the experts take another kernel: summation order only
+        mx = LocalEngine.from_checkpoint(path, device="cpu", dtype="fp32").model(ids)
+        bf = LocalEngine.from_checkpoint(copy, device="cpu", dtype="fp32").model(ids)
+    torch.testing.assert_close(bf, mx, atol=1e-5, rtol=0)
 
 
 def test_pack_and_unpack_into_the_cache(trained, tmp_path, monkeypatch):
