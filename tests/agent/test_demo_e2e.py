@@ -41,6 +41,26 @@ def engine():
 
 
 @pytest.fixture(scope="module")
+def vllm_engine(tmp_path_factory):
+    """vLLM serving the same weights (its CPU backend has no MXFP4 path without AMX: the bf16 copy)."""
+    from gptoss_agent.model.demo.pack import demo_checkpoint, export_bf16
+    from gptoss_agent.model.remote import RemoteEngine
+    from vllm_server import vllm_server
+
+    out = tmp_path_factory.mktemp("demo-vllm")
+    model = export_bf16(demo_checkpoint(), out / "bf16")
+    extra = ("--skip-tokenizer-init", "--max-model-len", "4096", "--max-num-seqs", "2")
+    with vllm_server(model, "gpt-oss-demo", out / "server.log", *extra) as (url, _), RemoteEngine(url) as engine:
+        yield engine
+
+
+@pytest.fixture(params=["local", pytest.param("vllm", marks=pytest.mark.vllm)])
+def any_engine(request):
+    """The shipped checkpoint in-process, and the same weights through vLLM."""
+    return request.getfixturevalue("engine" if request.param == "local" else "vllm_engine")
+
+
+@pytest.fixture(scope="module")
 def sandbox():
     from gptoss_agent.sandbox import open_sandbox
 
@@ -48,11 +68,11 @@ def sandbox():
         yield session
 
 
-def test_python_arithmetic_through_the_sandbox(engine, sandbox, enc):
+def test_python_arithmetic_through_the_sandbox(any_engine, sandbox, enc):
     from gptoss_agent.model.demo.data import python_value
     from gptoss_agent.tools import Python
 
-    agent = Agent(engine, tools=[Python(sandbox)], sampling=GREEDY, enc=enc, max_steps=4, max_tokens=400)
+    agent = Agent(any_engine, tools=[Python(sandbox)], sampling=GREEDY, enc=enc, max_steps=4, max_tokens=400)
     result = agent.run("What is 123456 * 789? Use python.")
     assert [c.recipient for c in result.tool_calls] == ["python"]  # the model chose the tool
     call = result.tool_calls[0]

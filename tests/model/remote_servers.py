@@ -20,6 +20,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
 import httpx
+from vllm_server import free_port
+
+__all__ = ["MODEL", "DroppingProxy", "Reply", "ScriptedServer", "free_port"]
 
 MODEL = "gpt-oss-scripted"
 
@@ -245,11 +248,6 @@ def _events(reply: Reply, body: dict[str, Any]) -> Iterator[bytes | None]:
     yield b"data: [DONE]\n\n"
 
 
-def free_port() -> int:
-    """A port nothing listens on (bound then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class DroppingProxy(_LocalServer):

@@ -8,14 +8,11 @@ through vLLM equals greedy decoding through ``LocalEngine`` in float32 token for
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import random
 import shutil
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -29,7 +26,8 @@ from gptoss_agent.model.remote import (
     _looks_out_of_vocab,
     _looks_too_long,
 )
-from remote_servers import DroppingProxy, free_port
+from remote_servers import DroppingProxy
+from vllm_server import vllm_server
 
 pytestmark = pytest.mark.vllm
 
@@ -265,48 +263,11 @@ def _tokenizer_checkpoint(checkpoint: Path, out: Path) -> Path:
 @pytest.fixture(scope="module")
 def own_server(vllm_url):
     """A second, short-lived vLLM server started *with* a tokenizer (no --skip-tokenizer-init)."""
-    python = os.environ.get("GPTOSS_VLLM_PYTHON")
-    if not python:
-        pytest.skip("GPTOSS_VLLM_PYTHON (vLLM's interpreter) is not set: scripts/setup_vllm.sh exports it")
     checkpoint = Path(os.environ["GPTOSS_VLLM_CHECKPOINT"])
     served = _tokenizer_checkpoint(checkpoint, checkpoint.with_name(checkpoint.name + "-tokenizer"))
-    port = free_port()
-    log = (served.parent / "own-server.log").open("wb")
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
-    args = [
-        "--model",
-        str(served),
-        "--served-model-name",
-        "gpt-oss-tiny",
-        "--dtype",
-        "float32",
-        "--enforce-eager",
-    ]
-    args += ["--max-model-len", "4096", "--max-num-seqs", "4", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(
-        [python, "-m", "vllm.entrypoints.openai.api_server", *args],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = (served.parent / "own-server.log").read_text(errors="replace")[-3000:]
-                pytest.fail(f"the second vLLM server did not start:\n{tail}")
-            time.sleep(1)
-        yield url, proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        log.close()
+    extra = ("--max-model-len", "4096", "--max-num-seqs", "4")
+    with vllm_server(served, "gpt-oss-tiny", served.parent / "own-server.log", *extra) as server:
+        yield server
 
 
 def test_a_server_with_its_own_tokenizer_then_killed_mid_stream(own_server, remote):
