@@ -252,6 +252,7 @@ class _Producer:
                     continue
                 if self.error is not None:
                     raise self.error
+                control.check()  # a stream the run's deadline ended (the engine stops on it too) is cut
                 return None
             self.waiting = True
             if self.buffer or self.ended:

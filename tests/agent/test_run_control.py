@@ -442,3 +442,24 @@ def test_second_ctrl_c_exits_at_once(tiny_checkpoint, tmp_path):
     assert proc.returncode == 130 and time.monotonic() - t0 < 100, stderr
     assert "Traceback" not in stderr
     load_transcript(transcript)  # whatever was written still loads
+
+
+def test_a_stream_the_deadline_ended_is_a_timeout_not_malformed_output():
+    # the engine checks the deadline itself (between prefill chunks) and ends its stream; when its
+    # wake-up reached the driver before the driver's own timer fired, the empty stream read as the
+    # model's end of output: "not valid harmony" was fed back (seen in CI, mid-prefill)
+    from types import SimpleNamespace
+
+    from gptoss_agent.agent.control import Generate, RunControl, Stopped, _Producer
+
+    async def scenario() -> None:
+        control = RunControl(timeout=0.01)
+        agent = SimpleNamespace(engine=None, sampling=None, _stops=[])
+        producer = _Producer(agent, Generate([1, 2, 3], 8, None), control)  # type: ignore[arg-type]
+        producer.ended = True  # the engine returned without a token, as at an expired deadline
+        await asyncio.sleep(0.05)
+        with pytest.raises(Stopped) as info:
+            await producer.next(control)
+        assert info.value.reason is StopReason.TIMEOUT
+
+    asyncio.run(scenario())
