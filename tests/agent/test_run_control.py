@@ -334,13 +334,17 @@ def slow_engine(tiny_checkpoint, enc):
     return engine
 
 
-LONG_TASK = "Summarise this. " + " ".join(f"word{i}" for i in range(1500))  # ~4,500 tokens
+def long_task(word: str) -> str:
+    """~9,000 tokens: several seconds to prefill in chunks of 32 even on a fast, idle machine; each
+    test its own word, so that no test reuses the prefix another one prefilled (an earlier 4,500-token
+    task shared by two tests left the second less than a second of prefill once prefill got faster)."""
+    return "Summarise this. " + " ".join(f"{word}{i}" for i in range(3000))
 
 
 def test_timeout_mid_prefill_on_a_local_engine(enc, slow_engine):
     agent = Agent(slow_engine, enc=enc, date=DATE, timeout=2.0, max_generation_tokens=8)
     t0 = time.monotonic()
-    result = agent.run(LONG_TASK)
+    result = agent.run(long_task("word"))
     elapsed = time.monotonic() - t0
     assert result.stop_reason is StopReason.TIMEOUT and elapsed < 2.0 + SLACK, elapsed
     assert result.usage.generated_tokens == 0  # it was still prefilling
@@ -355,7 +359,7 @@ def test_cancel_mid_prefill_on_a_local_engine(enc, slow_engine):
     agent = Agent(slow_engine, enc=enc, date=DATE, max_steps=1, max_generation_tokens=4)
 
     async def main():
-        task = asyncio.create_task(agent.arun(LONG_TASK + " again"))
+        task = asyncio.create_task(agent.arun(long_task("item")))
         await asyncio.sleep(1.0)
         assert not task.done()
         t0 = time.monotonic()
