@@ -17,10 +17,15 @@ import pytest
 
 
 def vllm_python() -> str:
-    """vLLM's interpreter; skips (a failure in CI, which provides it) when it is not set."""
+    """vLLM's interpreter; the test fails when it is missing (the test command installs vLLM)."""
+    if error := os.environ.get("GPTOSS_VLLM_ERROR"):
+        pytest.fail(f"vLLM was to be set up but was not: {error}")
     python = os.environ.get("GPTOSS_VLLM_PYTHON")
     if not python:
-        pytest.skip("GPTOSS_VLLM_PYTHON (vLLM's interpreter) is not set: scripts/setup_vllm.sh exports it")
+        pytest.fail(
+            "GPTOSS_VLLM_PYTHON (vLLM's interpreter) is not set: run the tests through scripts/test.sh, "
+            "whose scripts/setup_vllm.sh installs vLLM and exports it"
+        )
     return python
 
 
