@@ -45,8 +45,8 @@ static void run_job(job_t *j) { if (j->begin < j->end) j->fn(j->args, j->begin, 
  * Both spin loops (a worker's, and the caller's waiting for its workers) yield the CPU after 50 us:
  * on a busy machine Linux may wake a worker on its caller's CPU, and a spinning worker then keeps the
  * caller off it until the next tick. Measured on 2 vCPUs with another process on both: a 1,024-row
- * matvec took 391 us on two threads (77 us on one) without the yields, 94 us with them; unloaded the
- * same with or without (56 us). */
+ * matvec took 391 us on two threads (77 us on one) without the yields, 187-212 us with them; unloaded
+ * the same with or without (43-56 us). */
 #define MAX_THREADS 16
 #define SPIN_SECONDS 3e-4
 #define YIELD_SECONDS 5e-5  /* spinning longer than this yields between checks */
