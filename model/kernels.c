@@ -412,7 +412,7 @@ void mxfp4_gemm(const uint8_t *blocks, const uint8_t *scales, const float *x, co
 typedef struct { const uint8_t *blocks, *scales; const int8_t *qx; const uint8_t *qa; const float *dx, *bias; float *y; int G; const int32_t *nc; const int8_t *qv; int T, out; } q8_args;
 /* Per-row sizes of the quantized activations (rows t = 0..T-1 lie one after another). */
 #define Q8_X(G) ((G) * 32)
-#define Q8_DX(G) ((G) * 4 + 4)
+#define Q8_DX(G) ((G) * 5 + 20)  /* each group's dx four times (+ 4 padding), then once each (+ 16) */
 #define Q8_NC(G) ((G) * 4)
 #define Q8_QV(G) (((G) + 3) / 4 * 128)
 
@@ -491,7 +491,25 @@ static inline float q8_dot(const q8_args *a, int o, int t) {
 #ifdef HAVE_VNNI
     {
         const __m128i rep4 = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        const float *dg = dx + G * 4 + 4;  /* dx once per group */
         __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+        for (; g + 16 <= G; g += 16) {
+            /* 16 groups: four quads' integer lanes summed per group first (lane 4l + i of u is group
+             * 4i + l; `order` puts them in group order), then one float conversion and scale for all */
+            _mm_prefetch((const char *)(b + g * 16 + 1024), _MM_HINT_T0);
+            _mm_prefetch((const char *)(b + g * 16 + 1152), _MM_HINT_T0);
+            __m512i q0 = q8_quad(b + g * 16, qv + g * 32, nc + g * 4);
+            __m512i q1 = q8_quad(b + g * 16 + 64, qv + g * 32 + 128, nc + g * 4 + 16);
+            __m512i q2 = q8_quad(b + g * 16 + 128, qv + g * 32 + 256, nc + g * 4 + 32);
+            __m512i q3 = q8_quad(b + g * 16 + 192, qv + g * 32 + 384, nc + g * 4 + 48);
+            __m512i t01 = _mm512_add_epi32(_mm512_unpacklo_epi32(q0, q1), _mm512_unpackhi_epi32(q0, q1));
+            __m512i t23 = _mm512_add_epi32(_mm512_unpacklo_epi32(q2, q3), _mm512_unpackhi_epi32(q2, q3));
+            __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t01, t23), _mm512_unpackhi_epi64(t01, t23));
+            __m512 f = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(order, u));
+            __m512 sc = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(s + g))), 23));
+            acc1 = _mm512_fmadd_ps(f, _mm512_mul_ps(sc, _mm512_loadu_ps(dg + g)), acc1);
+        }
         for (; g + 8 <= G; g += 8) {  /* two independent quads per step */
             _mm_prefetch((const char *)(b + g * 16 + 1024), _MM_HINT_T0);
             int32_t four[2];
@@ -590,6 +608,7 @@ static void q8_quantize(const float *x, int G, int8_t *qx, uint8_t *qa, float *d
         }
     }
     for (int k = 0; k < 4; k++) dx[G * 4 + k] = 0.0f;
+    for (int g = 0; g < G + 16; g++) dx[G * 4 + 4 + g] = g < G ? dx[g * 4] : 0.0f;
 }
 
 /* y[t] = W x[t] + bias for T rows (decode steps of T sequences): W is read once for all of them. */

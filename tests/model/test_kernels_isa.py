@@ -122,7 +122,7 @@ def _quantized(x: torch.Tensor) -> torch.Tensor:
     return (torch.round(groups / torch.where(step > 0, step, 1)) * step).view(1, -1)
 
 
-@pytest.mark.parametrize("groups", [1, 2, 3, 4, 5, 6, 8, 9, 12, 13, 90])  # quads, pairs, single tails
+@pytest.mark.parametrize("groups", [1, 2, 3, 4, 5, 6, 8, 9, 12, 13, 16, 20, 33, 90])  # blocks of 16, quads, pairs, tails
 def test_int8_matvec_is_the_exact_product_of_quantized_activations(isa, groups):
     blocks, scales, bias = _mxfp4(40, groups, seed=groups)
     gen = torch.Generator().manual_seed(100 + groups)
