@@ -1409,6 +1409,86 @@ static void at_jobs(void *p, int begin, int end) {
     }
 }
 
+/* ---- the small steps between a layer's big products, one call each instead of several torch ops ----
+ * For decode these cost more in dispatch than in arithmetic (~1 ms a layer as torch ops on the 20b
+ * shape); rows are independent, so a row comes out the same alone and in a batch. */
+
+/* y = x / sqrt(mean(x^2) + eps) * scale, per row of n. */
+void rms_norm(const float *x, const float *scale, float eps, float *y, int T, int n) {
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * n;
+        float *yr = y + (size_t)t * n;
+        float ss[8] = {0};
+        int i = 0;
+        for (; i + 8 <= n; i += 8)
+            for (int j = 0; j < 8; j++) ss[j] += xr[i + j] * xr[i + j];
+        float sum = ((ss[0] + ss[1]) + (ss[2] + ss[3])) + ((ss[4] + ss[5]) + (ss[6] + ss[7]));
+        for (; i < n; i++) sum += xr[i] * xr[i];
+        float r = 1.0f / sqrtf(sum / (float)n + eps);
+        for (i = 0; i < n; i++) yr[i] = xr[i] * r * scale[i];
+    }
+}
+
+/* Rotate, in place, `heads` heads of d values in each of T rows (row t at x + t * stride): the first
+ * and second halves of a head are the pairs, turned by cos/sin row t (d/2 each). */
+void rope_rows(float *x, int T, int heads, int d, int stride, const float *cos_t, const float *sin_t) {
+    int h2 = d / 2;
+    for (int t = 0; t < T; t++) {
+        const float *c = cos_t + (size_t)t * h2, *sn = sin_t + (size_t)t * h2;
+        for (int h = 0; h < heads; h++) {
+            float *a = x + (size_t)t * stride + (size_t)h * d, *b = a + h2;
+            for (int i = 0; i < h2; i++) {
+                float x1 = a[i], x2 = b[i];
+                a[i] = x1 * c[i] - x2 * sn[i];
+                b[i] = x2 * c[i] + x1 * sn[i];
+            }
+        }
+    }
+}
+
+/* Clamped SwiGLU over interleaved halves, per row: x (T, 2n) -> y (T, n):
+ * g = min(x[2i], limit), l = clamp(x[2i+1], +-limit), y = g * sigmoid(alpha * g) * (l + 1). */
+void swiglu_rows(const float *x, float *y, int T, int n, float alpha, float limit) {
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * 2 * n;
+        float *yr = y + (size_t)t * n;
+        int i = 0;
+#ifdef HAVE_AVX2
+        const __m256 lim = _mm256_set1_ps(limit), nlim = _mm256_set1_ps(-limit), al = _mm256_set1_ps(alpha);
+        const __m256 one = _mm256_set1_ps(1.0f), nosign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+        for (; i + 8 <= n; i += 8) {
+            __m256 a = _mm256_loadu_ps(xr + 2 * i), b = _mm256_loadu_ps(xr + 2 * i + 8);
+            __m256 g = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xD8));
+            __m256 l = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD)), 0xD8));
+            g = _mm256_min_ps(g, lim);
+            l = _mm256_max_ps(_mm256_min_ps(l, lim), nlim);
+            __m256 z = _mm256_mul_ps(al, g);
+            __m256 e = exp_neg(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_and_ps(z, nosign)));  /* e^-|z| */
+            __m256 inv = _mm256_div_ps(one, _mm256_add_ps(one, e));
+            __m256 sig = _mm256_blendv_ps(_mm256_mul_ps(e, inv), inv, _mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_GE_OQ));
+            _mm256_storeu_ps(yr + i, _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_add_ps(l, one)));
+        }
+#endif
+        for (; i < n; i++) {
+            float g = fminf(xr[2 * i], limit), l = fmaxf(fminf(xr[2 * i + 1], limit), -limit);
+            yr[i] = g / (1.0f + expf(-alpha * g)) * (l + 1.0f);
+        }
+    }
+}
+
+/* The MoE's sum with the residual, per row: y = x + sum_j w[j] * parts[j] over the k experts in
+ * their top-k order; x (T, n), parts (T, k, n), w (T, k). */
+void moe_combine(const float *x, const float *parts, const float *w, float *y, int T, int k, int n) {
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * n, *pr = parts + (size_t)t * k * n, *wr = w + (size_t)t * k;
+        float *yr = y + (size_t)t * n;  /* the sum, then the residual added (y must not be x) */
+        for (int i = 0; i < n; i++) yr[i] = 0.0f;
+        for (int j = 0; j < k; j++)
+            for (int i = 0; i < n; i++) yr[i] += wr[j] * pr[(size_t)j * n + i];
+        for (int i = 0; i < n; i++) yr[i] += xr[i];
+    }
+}
+
 int has_avx2(void) {
 #ifdef HAVE_AVX2
     return 1;

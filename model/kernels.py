@@ -264,6 +264,11 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.bf16_gemv.argtypes = [p, p, p, p, i, i, i, i]
     lib.bf16_gemv_bf16x.argtypes = [p, p, p, p, i, i, i, i]
     lib.attention_rows.argtypes = [p, p, p, i, p, p, i, i, i, i, i, i, ctypes.c_float, i]
+    f32 = ctypes.c_float
+    lib.rms_norm.argtypes = [p, p, f32, p, i, i]
+    lib.rope_rows.argtypes = [p, i, i, i, i, p, p]
+    lib.swiglu_rows.argtypes = [p, p, i, i, f32, f32]
+    lib.moe_combine.argtypes = [p, p, p, p, i, i, i]
     lib.has_avx2.argtypes = []
     lib.has_avx2.restype = ctypes.c_int
     lib.kernel_isa.argtypes = []
@@ -277,6 +282,10 @@ def _bind(lib: ctypes.CDLL) -> None:
         lib.bf16_gemv,
         lib.bf16_gemv_bf16x,
         lib.attention_rows,
+        lib.rms_norm,
+        lib.rope_rows,
+        lib.swiglu_rows,
+        lib.moe_combine,
     ):
         f.restype = None
 
@@ -621,3 +630,55 @@ def attention(
         _threads(),
     )
     return out
+
+
+# ---- the small steps between the products (float32 rows on the CPU; None: use torch) ----------
+
+
+def _rows_ok(*ts: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in ts)
+
+
+def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor | None:
+    """``x / sqrt(mean(x^2) + eps) * scale`` per row of ``x (T, n)``, or None."""
+    lib = _library()
+    if lib is None or x.dim() != 2 or not _rows_ok(x, scale):
+        return None
+    y = torch.empty_like(x)
+    lib.rms_norm(_ptr(x), _ptr(scale), eps, _ptr(y), x.shape[0], x.shape[1])
+    return y
+
+
+def rope_rows(x: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    """Rotate in place the first ``heads`` heads of each row of ``x (T, width)`` (float32, heads of
+    ``d = 2 * cos.shape[1]`` values side by side) by ``cos, sin (T, d / 2)``; False: not done."""
+    lib = _library()
+    if lib is None or x.dim() != 2 or not _rows_ok(x, cos, sin) or cos.shape[0] != x.shape[0]:
+        return False
+    d = 2 * cos.shape[1]
+    if heads * d > x.shape[1]:
+        raise ValueError(f"{heads} heads of {d} do not fit rows of {x.shape[1]}")
+    lib.rope_rows(_ptr(x), x.shape[0], heads, d, x.shape[1], _ptr(cos), _ptr(sin))
+    return True
+
+
+def swiglu(x: torch.Tensor, alpha: float, limit: float) -> torch.Tensor | None:
+    """Clamped SwiGLU over the interleaved halves of ``x (T, 2n)`` -> ``(T, n)``, or None."""
+    lib = _library()
+    if lib is None or x.dim() != 2 or x.shape[1] % 2 or not _rows_ok(x):
+        return None
+    y = torch.empty(x.shape[0], x.shape[1] // 2)
+    lib.swiglu_rows(_ptr(x), _ptr(y), x.shape[0], x.shape[1] // 2, alpha, limit)
+    return y
+
+
+def moe_combine(x: torch.Tensor, parts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
+    """``x + sum_j weights[:, j] * parts[:, j]`` (top-k order) for ``x (T, n)``, ``parts (T, k, n)``,
+    ``weights (T, k)``, or None."""
+    lib = _library()
+    if lib is None or parts.dim() != 3 or not _rows_ok(x, parts, weights):
+        return None
+    t, k, n = parts.shape
+    y = torch.empty(t, n)
+    lib.moe_combine(_ptr(x), _ptr(parts), _ptr(weights), _ptr(y), t, k, n)
+    return y

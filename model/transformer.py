@@ -48,6 +48,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fast = kernels.rms_norm(x, self.scale, self.eps) if x.dim() == 2 else None
+        if fast is not None:
+            return fast
         t = x.float()
         t = t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + self.eps)
         return (t * self.scale).to(x.dtype)
@@ -83,6 +86,13 @@ class RotaryEmbedding(nn.Module):
             freqs = torch.arange(n, dtype=torch.float32, device=self.inv_freq.device)[:, None] * self.inv_freq
             self._cos = freqs.cos() * self.concentration
             self._sin = freqs.sin() * self.concentration
+
+    def rotate_rows_(self, rows: torch.Tensor, heads: int, start: int) -> bool:
+        """Rotate in place the first ``heads`` heads of each row of ``rows (T, width)`` (row ``t`` at
+        position ``start + t``) with the C kernel; False where it does not run (then use ``forward``)."""
+        t = rows.shape[0]
+        self._table(start + t)
+        return kernels.rope_rows(rows, heads, self._cos[start : start + t], self._sin[start : start + t])
 
     def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """Rotate ``x (T, heads, head_dim)`` whose first row sits at position ``start``."""
@@ -180,10 +190,12 @@ class AttentionBlock(nn.Module):
         t = x.shape[0]
         d, nq, nkv = self.head_dim, self.n_heads, self.n_kv
         qkv = linear(self.norm(x), self.qkv_weight, self.qkv_bias)
+        rotated = self.rope.rotate_rows_(qkv, nq + nkv, start)  # q and k lie side by side in a row
         q = qkv[:, : nq * d].view(t, nq, d)
         k = qkv[:, nq * d : (nq + nkv) * d].view(t, nkv, d)
         v = qkv[:, (nq + nkv) * d :].view(t, nkv, d)
-        q, k = self.rope(q, start), self.rope(k, start)
+        if not rotated:
+            q, k = self.rope(q, start), self.rope(k, start)
         if cache is not None:
             k, v, k_start = cache.extend(k, v)
         else:
@@ -206,9 +218,13 @@ class AttentionBlock(nn.Module):
         outs = []
         for i, cache in enumerate(caches):
             start = cache.end
-            q = self.rope(qkv[i : i + 1, : nq * d].view(1, nq, d), start)
-            k = self.rope(qkv[i : i + 1, nq * d : (nq + nkv) * d].view(1, nkv, d), start)
-            v = qkv[i : i + 1, (nq + nkv) * d :].view(1, nkv, d)
+            row = qkv[i : i + 1]
+            rotated = self.rope.rotate_rows_(row, nq + nkv, start)
+            q = row[:, : nq * d].view(1, nq, d)
+            k = row[:, nq * d : (nq + nkv) * d].view(1, nkv, d)
+            v = row[:, (nq + nkv) * d :].view(1, nkv, d)
+            if not rotated:
+                q, k = self.rope(q, start), self.rope(k, start)
             ks, vs, k_start = cache.extend(k, v)
             q = q.view(1, nkv, nq // nkv, d)
             sinks = self.sinks.view(nkv, nq // nkv)
@@ -224,10 +240,25 @@ top-k order, exactly as for one token, so a sequence decodes the same alone and 
 
 def swiglu(x: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
     """Clamped SwiGLU over interleaved halves: ``glu * sigmoid(alpha * glu) * (lin + 1)``."""
+    fast = kernels.swiglu(x, alpha, limit) if x.dim() == 2 else None
+    if fast is not None:
+        return fast
     x_glu, x_lin = x[..., ::2], x[..., 1::2]
     x_glu = x_glu.clamp(max=limit)
     x_lin = x_lin.clamp(min=-limit, max=limit)
     return x_glu * torch.sigmoid(alpha * x_glu) * (x_lin + 1)
+
+
+def combine(x: torch.Tensor, parts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``x + sum_j weights[:, j] * parts[:, j]`` in top-k order, for ``x (T, hidden)``, ``parts
+    (T, k, hidden)``, ``weights (T, k)``: the same sums for a row alone and in a batch."""
+    fast = kernels.moe_combine(x, parts, weights)
+    if fast is not None:
+        return fast
+    out = torch.zeros_like(x)
+    for s in range(parts.shape[1]):
+        out += parts[:, s] * weights[:, s, None]
+    return x + out
 
 
 def expert_linear(
@@ -279,25 +310,18 @@ class MLPBlock(nn.Module):
         top = torch.topk(logits, k=self.top_k, dim=-1, sorted=True)
         expert_weights = torch.softmax(top.values.float(), dim=-1).to(x.dtype)  # (T, k)
         if x.shape[0] == 1:  # decoding: run the k chosen experts directly
-            out = torch.zeros_like(x)
             fused = self._experts_fused(top.indices[0], t) if q8 else None
-            if fused is not None:  # all k in one kernel call per projection, each as alone
-                for s, w in enumerate(expert_weights[0]):
-                    out += fused[s : s + 1] * w
-                return x + out
-            for e, w in zip(top.indices[0].tolist(), expert_weights[0], strict=True):
-                out += self._expert(e, t, q8) * w
-            return x + out
+            if fused is None:
+                fused = torch.cat([self._expert(e, t, q8) for e in top.indices[0].tolist()])
+            # all k in one kernel call per projection (each as alone), summed as a batch row is
+            return combine(x, fused[None], expert_weights)
         chosen = top.indices
         if x.shape[0] <= SMALL_BATCH:  # a batch of decoding rows: each expert once, its rows together
             parts = torch.empty(x.shape[0], self.top_k, x.shape[1], dtype=x.dtype, device=x.device)
             for e in chosen.unique().tolist():
                 rows, slot = torch.where(chosen == e)
                 parts[rows, slot] = self._expert(e, t[rows], q8)
-            out = torch.zeros_like(x)
-            for s in range(self.top_k):
-                out += parts[:, s] * expert_weights[:, s, None]
-            return x + out
+            return combine(x, parts, expert_weights)
         out = torch.zeros_like(x)
         for e in chosen.unique().tolist():
             rows, slot = torch.where(chosen == e)

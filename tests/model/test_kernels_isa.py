@@ -250,3 +250,33 @@ def test_a_forced_instruction_set_is_used_or_refused_with_what_the_cpu_lacks(tmp
             assert f"GPTOSS_KERNELS_ISA={lacking}" in done.stderr  # the warning, once
     with pytest.raises(ValueError, match=r"lacks|unknown"):
         kernels.use_isa(lacking)
+
+
+@pytest.mark.parametrize("t", [1, 5])
+@pytest.mark.parametrize("n", [7, 2880])  # a tail only; the 20b width
+def test_the_small_steps_between_the_products(isa, t, n):
+    """RMSNorm, RoPE, SwiGLU and the MoE's weighted sum, each against float64 formulas."""
+    gen = torch.Generator().manual_seed(n + t)
+    x = torch.randn(t, n, generator=gen) * 3
+    scale = torch.randn(n, generator=gen)
+    want = x.double() / (x.double().pow(2).mean(-1, keepdim=True) + 1e-5).sqrt() * scale.double()
+    _close(kernels.rms_norm(x, scale, 1e-5), want, 1e-6)
+
+    h = torch.randn(t, 2 * n, generator=gen) * 4  # beyond the clamp (7) on both sides
+    g, lin = h.double()[:, ::2].clamp(max=7.0), h.double()[:, 1::2].clamp(-7.0, 7.0)
+    _close(kernels.swiglu(h, 1.702, 7.0), g * torch.sigmoid(1.702 * g) * (lin + 1), 1e-6)
+
+    k = 4
+    parts, w = torch.randn(t, k, n, generator=gen), torch.softmax(torch.randn(t, k, generator=gen), -1)
+    want = x.double() + (parts.double() * w.double()[:, :, None]).sum(1)
+    _close(kernels.moe_combine(x, parts, w), want, 1e-6)
+
+    heads, d = 3, 64
+    rows = torch.randn(t, heads * d + 5, generator=gen)  # rows wider than the rotated heads
+    angle = torch.rand(t, d // 2, generator=gen) * 6
+    cos, sin = angle.cos(), angle.sin()
+    a, b = rows.double()[:, : heads * d].view(t, heads, d).chunk(2, -1)
+    c, s = cos.double()[:, None], sin.double()[:, None]
+    want = torch.cat([torch.cat((a * c - b * s, b * c + a * s), -1).reshape(t, -1), rows.double()[:, heads * d :]], 1)
+    assert kernels.rope_rows(rows, heads, cos, sin)
+    _close(rows, want, 1e-6)
