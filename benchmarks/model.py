@@ -25,7 +25,9 @@ Measures, in one run, on this machine:
   ``llama-cpp-python`` sdist with ``-DGGML_NATIVE=ON``, the checkpoint converted by its own
   ``convert_hf_to_gguf.py``) on a cut of the 20b shape with the full vocabulary
   (``--llama-cpp-layers``, default 4): prefill of 512 and 2048 tokens and decode at 128/2k/8k,
-  ours and theirs, and the ratios.
+  ours and theirs, and the ratios. Two cuts (``--llama-cpp-layers 2,4``) split each engine's time
+  into a per-layer and a fixed part (embedding, head) and project both to the 24-layer 20b, whose
+  own GGUF would take ~30 minutes to convert here.
 
 The table names the CPU's vector and matrix features and the kernel build in use
 (``GPTOSS_KERNELS_ISA`` forces one).
@@ -210,7 +212,9 @@ def bench_against_llama_cpp(
         for ctx in contexts:
             fill_cache(engine, ctx)
             mine["decode"][ctx].append(decode_rate(engine, steps))
-            print(f"  round {r + 1}: ours decode at {ctx}: {mine['decode'][ctx][-1]:.2f} tok/s", file=sys.stderr)
+            print(
+                f"  round {r + 1}: ours decode at {ctx}: {mine['decode'][ctx][-1]:.2f} tok/s", file=sys.stderr
+            )
         rounds_theirs.append(llama_cpp.bench(binary, gguf, threads=threads, prompts=prompts, depths=contexts))
         print(f"  round {r + 1}: llama.cpp {json.dumps({k: {n: round(v['tokens_per_s'], 2) for n, v in d.items()} for k, d in rounds_theirs[-1].items() if k != 'info'})}", file=sys.stderr)  # fmt: skip
     del engine
@@ -237,6 +241,31 @@ def bench_against_llama_cpp(
         "llama_cpp": theirs,
         "ratio": ratio,
     }
+
+
+def project_layers(small: dict, large: dict, layers: int) -> dict:
+    """Each engine's rates on ``layers`` layers from two cuts (same vocabulary): a token's (or a
+    prompt's) time is fixed (embedding, head) plus per layer, so two cuts give both parts."""
+    a, b = small["layers"], large["layers"]
+    out: dict = {"from_layers": [a, b], "layers": layers}
+    for kind in ("prefill", "decode"):
+        out[kind] = {}
+        for n in large["ratio"][kind]:
+            row = {}
+            for engine in ("ours", "llama_cpp"):
+                rates = [r[engine][kind][n] for r in (small, large)]
+                t_small, t_large = (1 / (x if engine == "ours" else x["tokens_per_s"]) for x in rates)
+                per_layer = (t_large - t_small) / (b - a)
+                fixed = t_small - a * per_layer
+                row[engine] = {
+                    "per_layer_s": per_layer,
+                    "fixed_s": fixed,
+                    "tokens_per_s": 1 / (fixed + layers * per_layer),
+                }
+            row["ratio"] = row["ours"]["tokens_per_s"] / row["llama_cpp"]["tokens_per_s"]
+            row["per_layer_ratio"] = row["llama_cpp"]["per_layer_s"] / row["ours"]["per_layer_s"]
+            out[kind][n] = row
+    return out
 
 
 CPU_FEATURES = (
@@ -436,7 +465,12 @@ def main() -> int:
     p.add_argument(
         "--llama-cpp", action="store_true", help="llama.cpp in the same run (builds it once, cached)"
     )
-    p.add_argument("--llama-cpp-layers", type=int, default=4, help="layers of the 20b cut both engines run")
+    p.add_argument(
+        "--llama-cpp-layers",
+        default="4",
+        help="layers of the 20b cut both engines run; two counts (e.g. 2,4): both cuts, and each engine's "
+        "time per token split into per-layer and fixed (head) parts, projected to 24 layers",
+    )
     p.add_argument("--llama-cpp-prompts", default="512,2048")
     p.add_argument("--llama-cpp-rounds", type=int, default=2, help="interleaved rounds of the two engines")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "model.json")
@@ -515,13 +549,25 @@ def main() -> int:
             pl["reference_one_position_s"] = run["one_position_forward_s_per_layer"]
             pl["speedup_vs_reference_one_position"] = run["one_position_forward_s_per_layer"] / ours
     if args.llama_cpp:
-        cfg = PRESETS["20b"].with_layers(args.llama_cpp_layers)
-        peer = ensure_checkpoint(CACHE / f"gpt-oss-20b-{args.llama_cpp_layers}layers", cfg)
         prompts = [int(n) for n in args.llama_cpp_prompts.split(",")]
-        results["llama_cpp"] = bench_against_llama_cpp(
-            peer, prompts, contexts, args.decode_steps, args.threads, args.llama_cpp_rounds
-        )
-        gc.collect()
+        cuts = [int(n) for n in args.llama_cpp_layers.split(",")]
+        runs = []
+        for layers in cuts:
+            peer = ensure_checkpoint(
+                CACHE / f"gpt-oss-20b-{layers}layers", PRESETS["20b"].with_layers(layers)
+            )
+            runs.append(
+                bench_against_llama_cpp(
+                    peer, prompts, contexts, args.decode_steps, args.threads, args.llama_cpp_rounds
+                )
+            )
+            gc.collect()
+        results["llama_cpp"] = runs[-1]
+        if len(runs) > 1:
+            results["llama_cpp_cuts"] = runs
+            results["llama_cpp_projected"] = project_layers(
+                runs[0], runs[-1], PRESETS["20b"].num_hidden_layers
+            )
     results["prefix_reuse"] = bench_prefix_reuse(cut, args.prefix, 64)
     results["peak_rss_gib"] = peak_rss_gib()
     # the machine is shared: take the ceiling as the best of a copy before and after the runs
@@ -617,6 +663,20 @@ def print_table(r: dict) -> None:
                     (
                         f"{kind} ({unit} {n}, {tag}) ours / llama.cpp",
                         f"{ours:.2f} / {theirs:.2f} tok/s = {ratio:.2f}x",
+                    )
+                )
+    if "llama_cpp_projected" in r:
+        pj = r["llama_cpp_projected"]
+        tag = f"{pj['layers']} layers, projected from {pj['from_layers'][0]} and {pj['from_layers'][1]}"
+        for kind, unit in (("prefill", "tokens"), ("decode", "context")):
+            for n, row in pj[kind].items():
+                o, t = row["ours"], row["llama_cpp"]
+                rows.append(
+                    (
+                        f"{kind} ({unit} {n}, {tag}) ours / llama.cpp",
+                        f"{o['tokens_per_s']:.2f} / {t['tokens_per_s']:.2f} tok/s = {row['ratio']:.2f}x "
+                        f"(per layer {1e3 * o['per_layer_s']:.1f} / {1e3 * t['per_layer_s']:.1f} ms, "
+                        f"fixed {1e3 * o['fixed_s']:.1f} / {1e3 * t['fixed_s']:.1f} ms)",
                     )
                 )
     pr = r["prefix_reuse"]
