@@ -641,8 +641,8 @@ def _rows_ok(*ts: torch.Tensor) -> bool:
 
 def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor | None:
     """``x / sqrt(mean(x^2) + eps) * scale`` per row of ``x (T, n)``, or None."""
-    lib = _library()
-    if lib is None or x.dim() != 2 or not _rows_ok(x, scale):
+    lib = _library() if x.dim() == 2 and _rows_ok(x, scale) else None  # no build for other devices
+    if lib is None:
         return None
     y = torch.empty_like(x)
     lib.rms_norm(_ptr(x), _ptr(scale), eps, _ptr(y), x.shape[0], x.shape[1])
@@ -652,8 +652,8 @@ def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor |
 def rope_rows(x: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor) -> bool:
     """Rotate in place the first ``heads`` heads of each row of ``x (T, width)`` (float32, heads of
     ``d = 2 * cos.shape[1]`` values side by side) by ``cos, sin (T, d / 2)``; False: not done."""
-    lib = _library()
-    if lib is None or x.dim() != 2 or not _rows_ok(x, cos, sin) or cos.shape[0] != x.shape[0]:
+    lib = _library() if x.dim() == 2 and _rows_ok(x, cos, sin) and cos.shape[0] == x.shape[0] else None
+    if lib is None:
         return False
     d = 2 * cos.shape[1]
     if heads * d > x.shape[1]:
@@ -664,8 +664,8 @@ def rope_rows(x: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor)
 
 def swiglu(x: torch.Tensor, alpha: float, limit: float) -> torch.Tensor | None:
     """Clamped SwiGLU over the interleaved halves of ``x (T, 2n)`` -> ``(T, n)``, or None."""
-    lib = _library()
-    if lib is None or x.dim() != 2 or x.shape[1] % 2 or not _rows_ok(x):
+    lib = _library() if x.dim() == 2 and x.shape[1] % 2 == 0 and _rows_ok(x) else None
+    if lib is None:
         return None
     y = torch.empty(x.shape[0], x.shape[1] // 2)
     lib.swiglu_rows(_ptr(x), _ptr(y), x.shape[0], x.shape[1] // 2, alpha, limit)
@@ -675,8 +675,8 @@ def swiglu(x: torch.Tensor, alpha: float, limit: float) -> torch.Tensor | None:
 def moe_combine(x: torch.Tensor, parts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
     """``x + sum_j weights[:, j] * parts[:, j]`` (top-k order) for ``x (T, n)``, ``parts (T, k, n)``,
     ``weights (T, k)``, or None."""
-    lib = _library()
-    if lib is None or parts.dim() != 3 or not _rows_ok(x, parts, weights):
+    lib = _library() if parts.dim() == 3 and _rows_ok(x, parts, weights) else None
+    if lib is None:
         return None
     t, k, n = parts.shape
     y = torch.empty(t, n)
