@@ -26,8 +26,9 @@ Measures, in one run, on this machine:
   ``convert_hf_to_gguf.py``) on a cut of the 20b shape with the full vocabulary
   (``--llama-cpp-layers``, default 4): prefill of 512 and 2048 tokens and decode at 128/2k/8k,
   ours and theirs, and the ratios. Two cuts (``--llama-cpp-layers 2,4``) split each engine's time
-  into a per-layer and a fixed part (embedding, head) and project both to the 24-layer 20b, whose
-  own GGUF would take ~30 minutes to convert here.
+  into a per-layer and a fixed part (embedding, head) and project both to the 24-layer 20b: quicker
+  than the full shape's own GGUF (13.8 GB; 4 minutes to convert here, 8 of llama-bench), but this
+  VM's bandwidth noise is amplified by the split.
 
 The table names the CPU's vector and matrix features and the kernel build in use
 (``GPTOSS_KERNELS_ISA`` forces one).
