@@ -1150,6 +1150,21 @@ static void at_rows64(const void *base, int bf16, size_t first, int stride, int 
     }
 }
 
+/* The online softmax step of a tile: the n rows of scores p become their weights e^(s - max) against
+ * the new running max tmax; corr_s gets each head's factor for the sums so far, and the unit's max
+ * and denominator move on. */
+static inline void at_softmax_tile(at_unit *u, float (*p)[8], int n, __m256 tmax, float corr_s[8]) {
+    __m256 corr = exp_neg(_mm256_sub_ps(u->m8, tmax)), sum = _mm256_setzero_ps();
+    u->m8 = tmax;
+    for (int j = 0; j < n; j++) {
+        __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(p[j]), tmax));
+        _mm256_storeu_ps(p[j], e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    u->l8 = _mm256_fmadd_ps(u->l8, corr, sum);
+    _mm256_storeu_ps(corr_s, corr);
+}
+
 static void at_unit_tile(at_unit *u, const at_args *a, int s0, int n) {
     const int stride = a->n_kv * 64;
     const size_t first = (size_t)s0 * stride + u->g * 64;
@@ -1169,15 +1184,7 @@ static void at_unit_tile(at_unit *u, const at_args *a, int s0, int n) {
         _mm256_storeu_ps(p[j], sc);
         tmax = _mm256_max_ps(tmax, sc);
     }
-    __m256 corr = exp_neg(_mm256_sub_ps(u->m8, tmax)), sum = _mm256_setzero_ps();
-    u->m8 = tmax;
-    for (int j = 0; j < n; j++) {
-        __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(p[j]), tmax));
-        _mm256_storeu_ps(p[j], e);
-        sum = _mm256_add_ps(sum, e);
-    }
-    u->l8 = _mm256_fmadd_ps(u->l8, corr, sum);
-    _mm256_storeu_ps(corr_s, corr);
+    at_softmax_tile(u, p, n, tmax, corr_s);
     at_rows64(a->v, a->kv_bf16, first, stride, n, vt);
     for (int r = 0; r < u->nh; r++) {
         __m256 o[8], cr = _mm256_set1_ps(corr_s[r]);
@@ -1233,16 +1240,8 @@ static BF16_TARGET void at_bd_tile(at_unit *u, const at_args *a, int s0, int n) 
         _mm256_store_ps(p[j], sc);
         tmax = _mm256_max_ps(tmax, sc);
     }
-    __m256 corr = exp_neg(_mm256_sub_ps(u->m8, tmax)), sum = _mm256_setzero_ps();
-    u->m8 = tmax;
-    for (int j = 0; j < n; j++) {
-        __m256 e = exp_neg(_mm256_sub_ps(_mm256_load_ps(p[j]), tmax));
-        _mm256_store_ps(p[j], e);
-        sum = _mm256_add_ps(sum, e);
-    }
+    at_softmax_tile(u, p, n, tmax, corr_s);
     _mm256_store_ps(p[n], _mm256_setzero_ps());  /* an odd tile's last key pairs with nothing */
-    u->l8 = _mm256_fmadd_ps(u->l8, corr, sum);
-    _mm256_storeu_ps(corr_s, corr);
     int pairs = (n + 1) / 2;
     uint32_t pp[AT_TILE / 2][8] __attribute__((aligned(32)));  /* per key pair, per head: (p_j, p_j+1) as bf16 */
     __m512i vt[AT_TILE / 2][4];  /* per key pair: the two value rows interleaved */
