@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--minutes", type=float, default=60.0)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--weights", default="", help="batch shares, e.g. python=2,functions=1,browser=1")
-    t.add_argument("--skills", default="python", help="comma-separated: python,functions,browser,copy (a training aid: repeat numbers and names)")
+    t.add_argument("--skills", default="python", help="comma-separated: python,functions,browser; training aids: copy (repeat numbers and names), args (fill a function call, made-up values)")
     t.add_argument("--first", default="", help="SKILLS:FRACTION, e.g. copy,python:0.4: those skills alone first")
     t.add_argument("--digit-weight", type=float, default=3.0, help="loss weight of digit targets")
     t.add_argument("--lookup-weight", type=float, default=8.0,

@@ -348,10 +348,11 @@ class Generator:
             "python": python_conversation,
             "copy": copy_conversation,
         }
-        if "functions" in self.skills:
-            from gptoss_agent.model.demo.functions import function_conversation
+        if {"functions", "args"} & set(self.skills):
+            from gptoss_agent.model.demo.functions import arguments_conversation, function_conversation
 
             self._makers["functions"] = function_conversation
+            self._makers["args"] = arguments_conversation
         if "browser" in self.skills:
             from gptoss_agent.model.demo.browse import browser_conversation
 
@@ -366,7 +367,7 @@ class Generator:
         if skill == "python":
             builtins = rng.choices([("browser", "python"), ("python",)], weights=[1, 2])[0]
             functions = "functions" in self.skills and rng.random() < 0.25
-        elif skill == "functions":
+        elif skill in ("functions", "args"):
             builtins = rng.choices([(), ("python",), ("browser", "python")], weights=[3, 1, 1])[0]
             functions = True
         else:

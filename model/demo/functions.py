@@ -20,7 +20,7 @@ from typing import Any
 from gptoss_agent.model.demo.data import Conversation, Setting, _pick, noisy
 from gptoss_agent.model.demo.render import Step, assistant, tool_message
 
-__all__ = ["RandomFunction", "function_conversation", "random_functions"]
+__all__ = ["RandomFunction", "arguments_conversation", "function_conversation", "random_functions"]
 
 CITIES = [
     "Paris", "Lyon", "Berlin", "Madrid", "Rome", "Tokyo", "Osaka", "Lima", "Cairo", "Oslo", "Dublin",
@@ -205,7 +205,38 @@ def _topics(split: str) -> list[str]:
     return [t for t in _TOPICS if any(_split_of_name(n) == split or split == "any" for n in _names(t))]
 
 
+_NAMED = {"city", "country", "name", "language", "query"}  # kinds whose values come from a short list
+
+
+def _made_up(rng: random.Random, kind: _Param, split: str) -> Any:
+    """A value of ``kind`` no list holds (``Velmira``, ``Tra Duvel``): only copying it gets it right."""
+    from gptoss_agent.model.demo.browse import _word, split_of_name
+
+    if kind.names[0] not in _NAMED:
+        return kind.value(rng)
+    while split_of_name(word := _word(rng)) != split:
+        pass
+    if kind.names[0] == "name":
+        return f"{word} {_word(rng)}"
+    if kind.names[0] == "query":
+        return f"{word.lower()} {_word(rng).lower()}"
+    return word
+
+
 def function_conversation(rng: random.Random, setting: Setting, enc: Any, split: str) -> Conversation:
+    """Declared functions (the target and up to two others); the model calls the target with the
+    question's values, reads the result and answers with it."""
+    return _function_conversation(rng, setting, enc, split, made_up=False)
+
+
+def arguments_conversation(rng: random.Random, setting: Setting, enc: Any, split: str) -> Conversation:
+    """A training aid: the first step of a function conversation alone (pick the function, fill
+    its arguments), with made-up names and places half of the time."""
+    conv = _function_conversation(rng, setting, enc, split, made_up=rng.random() < 0.5)
+    return Conversation("args", conv.head, conv.steps[:1], conv.answer, conv.meta)
+
+
+def _function_conversation(rng: random.Random, setting: Setting, enc: Any, split: str, *, made_up: bool) -> Conversation:
     topic = rng.choice(_topics(split))
     target = _make_function(rng, split, topic)
     others = random_functions(rng, split, rng.randint(0, 2), None)
@@ -217,7 +248,7 @@ def function_conversation(rng: random.Random, setting: Setting, enc: Any, split:
     for pname, kind, required in target.params:
         if not required and rng.random() < 0.5:
             continue
-        value = kind.value(rng)
+        value = _made_up(rng, kind, split) if made_up else kind.value(rng)
         args[pname] = value
         phrases.append(rng.choice(kind.phrase).format(v=value))
     rng.shuffle(phrases)

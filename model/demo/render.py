@@ -6,8 +6,9 @@ generation of the model (one or more assistant messages ending with ``<|call|>``
 ``<|return|>``). A training item is one step:
 
 * the context: ``render_conversation_for_completion`` of everything before the step, the call the
-  loop makes before each generation (earlier calls re-rendered by the codec, recipient in the
-  role position, as openai-harmony renders them);
+  loop makes before each generation, with the earlier steps' messages holding the tokens the
+  model generated (``Message.with_token_ids``) as the loop's parser records them: a later prompt
+  holds an earlier call in the model's form, exactly as at inference;
 * the target: the tokens the model generates, in the form gpt-oss emits them (recipient after
   the channel: ``<|channel|>analysis to=python code<|message|>``, ``<|channel|>commentary
   to=functions.f <|constrain|>json<|message|>``), ending with ``<|call|>`` or ``<|return|>``.
@@ -19,7 +20,7 @@ The system message and its tokens are built by the ``Agent`` itself (``Agent._sy
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gptoss_agent.agent.harmony import (
@@ -34,7 +35,7 @@ from gptoss_agent.agent.harmony import (
 )
 from gptoss_agent.agent.messages import Author, Message, Role, TextContent
 
-__all__ = ["Item", "Step", "assistant", "generated_tokens", "items_of", "tool_message"]
+__all__ = ["Item", "Step", "as_generated", "assistant", "generated_tokens", "items_of", "tool_message"]
 
 
 @dataclass
@@ -96,6 +97,15 @@ def generated_tokens(messages: Sequence[Message], enc: object) -> list[int]:
     return out
 
 
+def as_generated(message: Message, enc: Any) -> Message:
+    """A copy of ``message`` carrying the tokens the model generates for it, ``<|start|>`` to its
+    end (``<|return|>`` kept as ``<|end|>``), as ``StreamParser(record_tokens=True)`` records them."""
+    ids = [START, *enc.encode_ordinary("assistant"), *generated_tokens([message], enc)]
+    if ids[-1] == RETURN:
+        ids[-1] = END
+    return replace(message, metadata={}).with_token_ids(ids)
+
+
 def items_of(head: Sequence[Message], steps: Sequence[Step], enc: Any, skill: str) -> list[Item]:
     """The training items of one conversation: ``head`` (system, developer, user) then ``steps``."""
     history = list(head)
@@ -103,7 +113,7 @@ def items_of(head: Sequence[Message], steps: Sequence[Step], enc: Any, skill: st
     for step in steps:
         context = render_conversation_for_completion(history, Role.ASSISTANT, enc, auto_drop_analysis=False)
         items.append(Item(context=context, target=generated_tokens(step.messages, enc), skill=skill))
-        history += step.messages
+        history += [as_generated(m, enc) for m in step.messages]
         if step.tool_reply is not None:
             history.append(step.tool_reply)
     return items

@@ -16,14 +16,14 @@ from gptoss_agent.model.demo.data import Generator, python_value
 
 @pytest.fixture(scope="module")
 def gen(enc):
-    return Generator(enc, skills=("python", "functions", "browser"))
+    return Generator(enc, skills=("python", "functions", "browser", "args"))
 
 
 def _calls(enc, tokens):
     return [e for e in StreamParser(enc, Role.ASSISTANT).feed(tokens) if isinstance(e, ToolCall)]
 
 
-@pytest.mark.parametrize("skill", ["python", "functions", "browser", "copy"])
+@pytest.mark.parametrize("skill", ["python", "functions", "browser", "copy", "args"])
 def test_every_step_parses_into_the_call_the_conversation_makes(enc, gen, skill):
     rng = random.Random(3)
     for _ in range(5):
@@ -36,8 +36,8 @@ def test_every_step_parses_into_the_call_the_conversation_makes(enc, gen, skill)
             wanted = [m for m in step.messages if m.recipient is not None]
             assert [c.recipient for c in calls] == [m.recipient for m in wanted]
             assert [c.message.text for c in calls] == [m.text for m in wanted]
-        last = items[-1].target
-        assert enc.decode(last[-1:]) == "<|return|>"
+        last = items[-1].target  # an answer, except for ``args``, which stops at the call
+        assert enc.decode(last[-1:]) == ("<|call|>" if skill == "args" else "<|return|>")
 
 
 def test_the_prompt_is_the_one_the_agent_renders(enc, gen):
@@ -130,3 +130,26 @@ def test_copy_conversations_repeat_the_numbers_and_names_of_the_question(enc, ge
     assert len(names) >= 10 and any("_" in n for n in names)
     # names copied in training are training names: held-out entities stay unseen
     assert all(browse.split_of_name(n.split("_")[0].capitalize()) == "train" for n in names)
+
+
+@pytest.mark.parametrize("skill", ["python", "functions", "browser"])
+def test_a_later_step_sees_the_earlier_ones_as_the_agent_prompts_them(enc, gen, skill):
+    """At inference the loop's parser records the tokens the model generated and the next prompt
+    holds them verbatim (recipient after the channel); a training context must be that prompt."""
+    from gptoss_agent.agent.harmony import render_conversation_for_completion
+
+    rng = random.Random(11)
+    for _ in range(4):
+        conv = gen.conversation(rng, gen.setting(rng, skill), skill)
+        items = conv.items(enc)
+        history = list(conv.head)
+        for item, step, nxt in zip(items, conv.steps, items[1:], strict=False):
+            parser = StreamParser(enc, Role.ASSISTANT, record_tokens=True)
+            parser.feed(item.target)
+            assert all(m.token_ids is not None for m in parser.messages)
+            history += [*parser.messages, step.tool_reply]
+            prompt = render_conversation_for_completion(history, Role.ASSISTANT, enc)
+            assert nxt.context == prompt
+            # and that prompt is the previous one, the completion, the tool's answer, a new header
+            assert prompt[: len(item.context) + len(item.target)] == item.context + item.target
+            assert "to=" in enc.decode(item.target) and enc.decode(item.target).index("<|channel|>") < enc.decode(item.target).index(" to=")
