@@ -497,8 +497,7 @@ static inline float q8_dot(const q8_args *a, int o, int t) {
         for (; g + 16 <= G; g += 16) {
             /* 16 groups: four quads' integer lanes summed per group first (lane 4l + i of u is group
              * 4i + l; `order` puts them in group order), then one float conversion and scale for all */
-            _mm_prefetch((const char *)(b + g * 16 + 1024), _MM_HINT_T0);
-            _mm_prefetch((const char *)(b + g * 16 + 1152), _MM_HINT_T0);
+            for (int l = 0; l < 256; l += 64) _mm_prefetch((const char *)(b + g * 16 + 1024 + l), _MM_HINT_T0);
             __m512i q0 = q8_quad(b + g * 16, qv + g * 32, nc + g * 4);
             __m512i q1 = q8_quad(b + g * 16 + 64, qv + g * 32 + 128, nc + g * 4 + 16);
             __m512i q2 = q8_quad(b + g * 16 + 128, qv + g * 32 + 256, nc + g * 4 + 32);
@@ -512,6 +511,7 @@ static inline float q8_dot(const q8_args *a, int o, int t) {
         }
         for (; g + 8 <= G; g += 8) {  /* two independent quads per step */
             _mm_prefetch((const char *)(b + g * 16 + 1024), _MM_HINT_T0);
+            _mm_prefetch((const char *)(b + g * 16 + 1088), _MM_HINT_T0);
             int32_t four[2];
             memcpy(four, s + g, 8);
             __m512 s0 = _mm512_castsi512_ps(_mm512_slli_epi32(
@@ -803,6 +803,13 @@ void mxfp4_gemm_q8(const uint8_t *blocks, const uint8_t *scales, const float *x,
 /* ---- y[t, o] = sum_i W[o, i] x[t, i] + bias[o], W bf16 (out, in) ---- */
 typedef struct { const uint16_t *w; const float *x, *bias; float *y; int T, out, in; const float *xs; } bf_args;
 
+/* Decode streams each weight row once. The hardware prefetchers stop at a 4 KB page boundary, and
+ * a row of the 20b shape is 5,760 bytes, so the loads of one row in three start a page cold; a
+ * software prefetch 2 KB ahead into L2 (into L1 it evicts lines still in use) keeps the stream going
+ * across pages. Paired on this project's Zen 4 VM, 2 threads: the unembedding 1.17-1.24x, the QKV
+ * projections 1.10-1.28x, the output projection 1.07-1.09x. */
+#define ROW_PREFETCH(p) _mm_prefetch((const char *)(p) + 2048, _MM_HINT_T1)
+
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16;
     float f;
@@ -853,6 +860,8 @@ static void bf_rows(void *p, int begin, int end) {
             __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
             int i = 0;
             for (; i + 64 <= in; i += 64) {
+                ROW_PREFETCH(w + i);
+                ROW_PREFETCH(w + i + 32);
                 __m512i v0 = _mm512_loadu_si512(w + i), v1 = _mm512_loadu_si512(w + i + 32);
                 c0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), _mm512_loadu_ps(xs + i), c0);
                 c1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v0, odd)), _mm512_loadu_ps(xs + i + 16), c1);
@@ -904,6 +913,7 @@ static void bf_rows(void *p, int begin, int end) {
             __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
             int i = 0;
             for (; i + 32 <= in; i += 32) {
+                ROW_PREFETCH(w + i);
                 c0 = _mm256_fmadd_ps(BF16X8(w + i), _mm256_loadu_ps(x + i), c0);
                 c1 = _mm256_fmadd_ps(BF16X8(w + i + 8), _mm256_loadu_ps(x + i + 8), c1);
                 c2 = _mm256_fmadd_ps(BF16X8(w + i + 16), _mm256_loadu_ps(x + i + 16), c2);
@@ -994,6 +1004,7 @@ static inline BF16_TARGET __attribute__((always_inline)) void bd_tile(const uint
     for (; i + 128 <= in; i += 128)
         for (int h = 0; h < 4; h++) {
             __m512bh v[BD_ROWS];
+            if (rows == 1) ROW_PREFETCH(w[0] + i + 32 * h);
             for (int j = 0; j < rows; j++) v[j] = (__m512bh)_mm512_loadu_si512(w[j] + i + 32 * h);
             for (int t = 0; t < tb; t++) {
                 __m512bh x = (__m512bh)_mm512_loadu_si512(xb + (size_t)t * in + i + 32 * h);
