@@ -62,6 +62,11 @@ class LayerCache:
         self._v = torch.empty_like(self._k)
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the keys and values are kept in."""
+        return self._k.dtype
+
+    @property
     def end(self) -> int:
         """One past the last cached position."""
         return self.start + self.length
@@ -72,17 +77,23 @@ class LayerCache:
         The rows returned include every position the new queries may see (a sliding layer may
         return older ones too: attention masks by position).
         """
-        t = k.shape[0]
+        row, keys, values = self.claim(k.shape[0])
+        need = row + k.shape[0]
+        keys[row:need] = k
+        values[row:need] = v
+        return keys[:need], values[:need], self.start
+
+    def claim(self, t: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """Make room for ``t`` rows at position ``end`` and count them in: ``(row, keys, values)``, the
+        buffers (``(capacity, n_kv, d)``) and the first of the rows, which the caller then fills."""
         if self.keep is not None and self.length > self.keep and self.length + t > self._k.shape[0]:
             self._compact()
-        need = self.length + t
+        row, need = self.length, self.length + t
         if need > self._k.shape[0]:
             cap = max(need, 2 * self._k.shape[0], 256) if self.keep is None else max(need, 2 * self.keep)
             self._grow(cap)
-        self._k[self.length : need] = k
-        self._v[self.length : need] = v
         self.length = need
-        return self._k[:need], self._v[:need], self.start
+        return row, self._k, self._v
 
     def _grow(self, cap: int) -> None:
         grown_k = self._k.new_empty(cap, *self._k.shape[1:])

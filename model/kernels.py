@@ -254,6 +254,23 @@ def _build() -> ctypes.CDLL | None:
     return lib
 
 
+class LayerStep(ctypes.Structure):
+    """``layer_step`` in kernels.c: what ``decode_layer`` needs for one layer and one token (the
+    layer's weights, its cache buffers and the claimed row, this position's RoPE row, the sizes)."""
+
+    _fields_ = [
+        *((name, ctypes.c_void_p) for name in (
+            "attn_norm", "qkv_b", "sinks", "out_b", "mlp_norm", "gate_b", "mlp1_bias", "mlp2_bias",
+            "qkv_w", "out_w", "gate_w", "mlp1_blocks", "mlp1_scales", "mlp2_blocks", "mlp2_scales",
+            "k_cache", "v_cache", "cos", "sin", "scratch",
+        )),
+        *((name, ctypes.c_int) for name in (
+            "hidden", "nq", "nkv", "d", "experts", "top_k", "inter", "window", "row", "kv_mode", "bf16x", "nthreads",
+        )),
+        *((name, ctypes.c_float) for name in ("eps", "alpha", "limit", "scale")),
+    ]  # fmt: skip
+
+
 def _bind(lib: ctypes.CDLL) -> None:
     p, i = ctypes.c_void_p, ctypes.c_int
     lib.mxfp4_gemv.argtypes = [p, p, p, p, p, i, i, i, i]
@@ -269,6 +286,10 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.rope_rows.argtypes = [p, i, i, i, i, p, p]
     lib.swiglu_rows.argtypes = [p, p, i, i, f32, f32]
     lib.moe_combine.argtypes = [p, p, p, p, i, i, i]
+    lib.moe_route.argtypes = [p, i, i, i, p, p]
+    lib.decode_layer.argtypes = [ctypes.POINTER(LayerStep), p]
+    lib.decode_layer_scratch.argtypes = [ctypes.POINTER(LayerStep)]
+    lib.decode_layer_scratch.restype = ctypes.c_int
     lib.has_avx2.argtypes = []
     lib.has_avx2.restype = ctypes.c_int
     lib.kernel_isa.argtypes = []
@@ -286,6 +307,8 @@ def _bind(lib: ctypes.CDLL) -> None:
         lib.rope_rows,
         lib.swiglu_rows,
         lib.moe_combine,
+        lib.moe_route,
+        lib.decode_layer,
     ):
         f.restype = None
 
@@ -364,6 +387,11 @@ threads: int | None = None
 
 
 _pinned = threading.local()
+
+
+def threads_in_use() -> int:
+    """The threads the kernels split a call over (``set_threads``, else torch's count)."""
+    return _threads()
 
 
 def _threads() -> int:
@@ -607,12 +635,12 @@ def attention(
     t, n_kv, rep, d = q.shape
     if pos0 < 0 or pos0 + t > k.shape[0]:
         raise ValueError(f"queries at rows {pos0}..{pos0 + t - 1} need keys the cache of {k.shape[0]} lacks")
-    if k.dtype == torch.bfloat16 and (d != 64 or not _avx2):  # bf16 is read in place for d = 64 only
-        k, v = k.float(), v.float()
+    bf16 = kv_mode(k.dtype, d)  # 2: bf16 products
+    if bf16 is None:  # bf16 is read in place for d = 64 only
+        k, v, bf16 = k.float(), v.float(), 0
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     s = _cpu_f32(sinks)
     out = torch.empty(t, n_kv * rep * d, dtype=torch.float32)
-    bf16 = 0 if k.dtype != torch.bfloat16 else 2 if bf16_activations() else 1  # 2: bf16 products
     lib.attention_rows(
         _ptr(q),
         _ptr(k),
@@ -670,6 +698,49 @@ def swiglu(x: torch.Tensor, alpha: float, limit: float) -> torch.Tensor | None:
     y = torch.empty(x.shape[0], x.shape[1] // 2)
     lib.swiglu_rows(_ptr(x), _ptr(y), x.shape[0], x.shape[1] // 2, alpha, limit)
     return y
+
+
+def moe_route(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The router's top ``k`` of each row of ``logits (T, E)`` in descending order (ties: the lower
+    index first) and their softmax: ``(ids (T, k) int64, weights (T, k))``, or None."""
+    lib = _library() if logits.dim() == 2 and _rows_ok(logits) and k <= logits.shape[1] else None
+    if lib is None:
+        return None
+    t, e = logits.shape
+    ids = torch.empty(t, k, dtype=torch.int64)
+    w = torch.empty(t, k)
+    lib.moe_route(_ptr(logits), t, e, k, _ptr(ids), _ptr(w))
+    return ids, w
+
+
+def fused_decode_enabled() -> bool:
+    """Whether a decode token may run each layer as one C call (``decode_layer``; the same kernels
+    as the layer's Python path, bit for bit): ``GPTOSS_KERNELS_FUSED=0`` turns it off."""
+    return os.environ.get("GPTOSS_KERNELS_FUSED", "1") != "0" and _library() is not None
+
+
+def decode_layer_scratch(step: LayerStep) -> int:
+    """Floats of scratch ``decode_layer`` needs for layers of ``step``'s sizes."""
+    lib = _library()
+    assert lib is not None
+    return int(lib.decode_layer_scratch(ctypes.byref(step)))
+
+
+def decode_layer(step: LayerStep, x: torch.Tensor) -> None:
+    """One token's hidden state ``x (1, hidden)`` (float32, contiguous) through a layer, in place."""
+    lib = _library()
+    assert lib is not None
+    lib.decode_layer(ctypes.byref(step), x.data_ptr())
+
+
+def kv_mode(dtype: torch.dtype, head_dim: int) -> int | None:
+    """How ``attention`` reads a cache of ``dtype`` in place: 0 float32, 1 bf16, 2 bf16 with bf16
+    products; None where it would first widen the cache (``decode_layer`` does not run then)."""
+    if dtype == torch.float32:
+        return 0
+    if dtype != torch.bfloat16 or head_dim != 64 or _library() is None or not _avx2:
+        return None
+    return 2 if bf16_activations() else 1
 
 
 def moe_combine(x: torch.Tensor, parts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:

@@ -15,6 +15,7 @@ cache is the test oracle for the cached path.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterator
 from typing import cast
 
@@ -307,15 +308,13 @@ class MLPBlock(nn.Module):
         t = self.norm(x)
         q8 = self.int8_activations
         logits = linear(t, self.gate_weight, self.gate_bias)  # (T, E)
-        top = torch.topk(logits, k=self.top_k, dim=-1, sorted=True)
-        expert_weights = torch.softmax(top.values.float(), dim=-1).to(x.dtype)  # (T, k)
+        chosen, expert_weights = self.route(logits, small=x.shape[0] <= SMALL_BATCH)
         if x.shape[0] == 1:  # decoding: run the k chosen experts directly
-            fused = self._experts_fused(top.indices[0], t) if q8 else None
+            fused = self._experts_fused(chosen[0], t) if q8 else None
             if fused is None:
-                fused = torch.cat([self._expert(e, t, q8) for e in top.indices[0].tolist()])
+                fused = torch.cat([self._expert(e, t, q8) for e in chosen[0].tolist()])
             # all k in one kernel call per projection (each as alone), summed as a batch row is
             return combine(x, fused[None], expert_weights)
-        chosen = top.indices
         if x.shape[0] <= SMALL_BATCH:  # a batch of decoding rows: each expert once, its rows together
             parts = torch.empty(x.shape[0], self.top_k, x.shape[1], dtype=x.dtype, device=x.device)
             for e in chosen.unique().tolist():
@@ -327,6 +326,15 @@ class MLPBlock(nn.Module):
             rows, slot = torch.where(chosen == e)
             out.index_add_(0, rows, self._expert(e, t[rows], q8) * expert_weights[rows, slot, None])
         return x + out
+
+    def route(self, logits: torch.Tensor, *, small: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top-k experts of each row of ``logits (T, E)`` and their softmax weights, ``(T, k)``
+        each: for decode rows (``small``) the C kernel that ``decode_layer`` uses too."""
+        routed = kernels.moe_route(logits, self.top_k) if small else None
+        if routed is not None:
+            return routed
+        top = torch.topk(logits, k=self.top_k, dim=-1, sorted=True)
+        return top.indices, torch.softmax(top.values.float(), dim=-1).to(logits.dtype)
 
     def _experts_fused(self, chosen: torch.Tensor, t: torch.Tensor) -> torch.Tensor | None:
         """The chosen experts of one token ``t (1, hidden)`` on int8 activations: ``(k, hidden)``, row
@@ -371,6 +379,7 @@ class Transformer(nn.Module):
         self.norm = norm
         self.unembedding = nn.Buffer(unembedding)  # (vocab, hidden)
         self.compute_dtype = compute_dtype
+        self._steps = threading.local()  # each thread's ``LayerStep``s (see ``_decode_layers``)
 
     @property
     def device(self) -> torch.device:
@@ -417,11 +426,78 @@ class Transformer(nn.Module):
         start = cache.length if cache is not None else 0
         with kernels.torch_on_one_thread():
             x = self.embedding[tokens].to(self.compute_dtype)  # (T, hidden)
-            for i, (attn, mlp) in enumerate(zip(self.attn, self.mlp, strict=True)):
-                x = attn(x, start, cache.layers[i] if cache is not None else None)
-                x = mlp(x)
+            if not (tokens.shape[0] == 1 and cache is not None and self._decode_layers(x, cache)):
+                for i, (attn, mlp) in enumerate(zip(self.attn, self.mlp, strict=True)):
+                    x = attn(x, start, cache.layers[i] if cache is not None else None)
+                    x = mlp(x)
             x = self.norm(x[-1:] if last_only else x)
             return linear(x, self.unembedding).float()
+
+    def _decode_layers(self, x: torch.Tensor, cache: KVCache) -> bool:
+        """Run one decode token ``x (1, hidden)`` through every layer in place, one C call a layer
+        (``kernels.decode_layer``: the same kernels in the same order as the Python path, bit for
+        bit). False, with nothing touched, where that path does not run this model or cache."""
+        steps = self._layer_steps()
+        mode = kernels.kv_mode(cache.layers[0].dtype, self.config.head_dim) if steps else None
+        if steps is None or mode is None or not x.is_contiguous():
+            return False
+        start = cache.length
+        rope = cast(AttentionBlock, self.attn[0]).rope
+        rope._table(start + 1)
+        cos, sin = rope._cos[start], rope._sin[start]
+        scratch = torch.empty(self._scratch_floats)
+        bf16x, threads = int(kernels.bf16_activations()), kernels.threads_in_use()
+        for step, layer in zip(steps, cache.layers, strict=True):
+            row, keys, values = layer.claim(1)
+            step.k_cache, step.v_cache, step.row, step.kv_mode = keys.data_ptr(), values.data_ptr(), row, mode
+            step.cos, step.sin, step.scratch = cos.data_ptr(), sin.data_ptr(), scratch.data_ptr()
+            step.bf16x, step.nthreads = bf16x, threads
+            kernels.decode_layer(step, x)
+        return True
+
+    def _layer_steps(self) -> list[kernels.LayerStep] | None:
+        """This thread's ``LayerStep`` per layer, weights filled in, or None where ``decode_layer``
+        does not take this model: bf16 dense weights, MXFP4 experts on int8 activations, float32
+        activations on the CPU."""
+        if not kernels.fused_decode_enabled():
+            return None
+        if not hasattr(self._steps, "steps"):
+            self._steps.steps = self._build_steps()
+        steps: list[kernels.LayerStep] | None = self._steps.steps
+        return steps
+
+    def _build_steps(self) -> list[kernels.LayerStep] | None:
+        cfg = self.config
+        if self.device.type != "cpu" or self.compute_dtype != torch.float32 or not kernels.int8_enabled():
+            return None
+        if cfg.experts_per_token > 16 or cfg.hidden_size % 32 or cfg.intermediate_size % 32:
+            return None
+        steps = []
+        for attn, mlp in zip(self.attn, self.mlp, strict=True):
+            a, m = cast(AttentionBlock, attn), cast(MLPBlock, mlp)
+            experts = (m.mlp1, m.mlp2)
+            dense = (a.qkv_weight, a.out_weight, m.gate_weight)
+            if not m.int8_activations or not all(isinstance(w, MXFP4Experts) for w in experts):
+                return None
+            if not all(w.dtype == torch.bfloat16 and w.is_contiguous() for w in dense):
+                return None
+            mlp1, mlp2 = cast(MXFP4Experts, m.mlp1), cast(MXFP4Experts, m.mlp2)
+            packed = (mlp1.blocks, mlp1.scales, mlp2.blocks, mlp2.scales)
+            if not all(t.device.type == "cpu" and t.is_contiguous() for t in packed):
+                return None
+            steps.append(kernels.LayerStep(
+                attn_norm=a.norm.scale.data_ptr(), qkv_b=a.qkv_bias.data_ptr(), sinks=a.sinks.data_ptr(),
+                out_b=a.out_bias.data_ptr(), mlp_norm=m.norm.scale.data_ptr(), gate_b=m.gate_bias.data_ptr(),
+                mlp1_bias=m.mlp1_bias.data_ptr(), mlp2_bias=m.mlp2_bias.data_ptr(),
+                qkv_w=a.qkv_weight.data_ptr(), out_w=a.out_weight.data_ptr(), gate_w=m.gate_weight.data_ptr(),
+                mlp1_blocks=mlp1.blocks.data_ptr(), mlp1_scales=mlp1.scales.data_ptr(),
+                mlp2_blocks=mlp2.blocks.data_ptr(), mlp2_scales=mlp2.scales.data_ptr(),
+                hidden=cfg.hidden_size, nq=a.n_heads, nkv=a.n_kv, d=a.head_dim, experts=cfg.num_experts,
+                top_k=m.top_k, inter=cfg.intermediate_size, window=a.window or 0, eps=a.norm.eps,
+                alpha=m.alpha, limit=m.limit, scale=1.0 / math.sqrt(a.head_dim),
+            ))  # fmt: skip
+        self._scratch_floats = kernels.decode_layer_scratch(steps[0]) if steps else 0
+        return steps or None
 
     @torch.inference_mode()
     def decode_batch(self, tokens: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
