@@ -627,23 +627,24 @@ void mxfp4_gemv_q8(const uint8_t *blocks, const uint8_t *scales, const float *x,
     parallel_rows(q8_rows, &a, out, out * T < 64 * nthreads ? 1 : nthreads);
 }
 
-/* Decode through the k experts a token chose in one call: y[j] = W[ids[j]] x[j or 0] + bias[ids[j]], W packed
- * (E, out, G, 16) / (E, out, G) and bias (E, out). x holds one row (mlp1: the same input for every expert)
- * or k rows (mlp2). One job over k * out rows: fewer waits than k calls, and each y[j] is what
- * mxfp4_gemv_q8 gives for that expert and row alone (the same q8_dot). */
-#define Q8_MAX_EXPERTS 16
+/* Decode through several experts in one call: job j is expert ids[j] on its rows[j] rows of x (one
+ * after another; rows NULL: one each), y[j's rows] = W[ids[j]] x[those rows] + bias[ids[j]], W packed
+ * (E, out, G, 16) / (E, out, G) and bias (E, out). x_rows == 1 (a token's k experts, mlp1): every job
+ * reads that one row. One job over all the jobs' output rows: fewer waits than a call per expert, and
+ * each y row is what mxfp4_gemv_q8 gives for that expert and row alone (the same q8_dot). */
+#define Q8_MAX_EXPERTS 64
 typedef struct { q8_args a[Q8_MAX_EXPERTS]; int out; } q8_multi;
 static void q8_multi_rows(void *p, int begin, int end) {
     q8_multi *m = (q8_multi *)p;
     for (int r = begin; r < end; r++) {
         const q8_args *a = &m->a[r / m->out];
         int o = r % m->out;
-        a->y[o] = q8_dot(a, o, 0);
+        for (int t = 0; t < a->T; t++) a->y[(size_t)t * a->out + o] = q8_dot(a, o, t);
     }
 }
 
-void mxfp4_gemv_q8_experts(const uint8_t *blocks, const uint8_t *scales, const float *bias, const int64_t *ids, int k,
-                           const float *x, int x_rows, float *y, int out, int G, int nthreads) {
+static void q8_experts(const uint8_t *blocks, const uint8_t *scales, const float *bias, const int64_t *ids,
+                       const int *rows, int k, const float *x, int x_rows, float *y, int out, int G, int nthreads) {
     init_scales();
     if (k > Q8_MAX_EXPERTS) abort();
     int8_t qx[x_rows * Q8_X(G)];
@@ -656,15 +657,22 @@ void mxfp4_gemv_q8_experts(const uint8_t *blocks, const uint8_t *scales, const f
                     nc + t * Q8_NC(G), qv + t * Q8_QV(G));
     q8_multi m;
     m.out = out;
-    for (int j = 0; j < k; j++) {
-        int t = x_rows > 1 ? j : 0;
+    for (int j = 0, first = 0; j < k; j++) {
+        int t = x_rows > 1 ? first : 0, n = rows ? rows[j] : 1;
         size_t e = (size_t)ids[j];
         q8_args a = {blocks + e * out * G * 16, scales + e * out * G, qx + t * Q8_X(G), qa + t * Q8_X(G),
-                     dx + t * Q8_DX(G), bias ? bias + e * out : 0, y + (size_t)j * out, G, nc + t * Q8_NC(G),
-                     qv + t * Q8_QV(G), 1, out};
+                     dx + t * Q8_DX(G), bias ? bias + e * out : 0, y + (size_t)first * out, G, nc + t * Q8_NC(G),
+                     qv + t * Q8_QV(G), n, out};
         m.a[j] = a;
+        first += n;
     }
     parallel_rows(q8_multi_rows, &m, k * out, k * out < 64 * nthreads ? 1 : nthreads);
+}
+
+void mxfp4_gemv_q8_experts(const uint8_t *blocks, const uint8_t *scales, const float *bias, const int64_t *ids, int k,
+                           const float *x, int x_rows, float *y, int out, int G, int nthreads) {
+    if (k > 16) abort();  /* the Python wrapper's bound */
+    q8_experts(blocks, scales, bias, ids, 0, k, x, x_rows, y, out, G, nthreads);
 }
 
 /* ---- many tokens with int8 activations: y (T, out) = q8(x) (T, in) @ W.T + bias ----
@@ -1521,70 +1529,90 @@ void moe_route(const float *logits, int T, int E, int k, int64_t *ids, float *w)
     }
 }
 
-/* ---- one decode token through a whole layer in one call ----
- * The same kernels, in the same order, on the same values as the layer's Python path (transformer.py,
- * AttentionBlock.forward then MLPBlock.forward for one row with int8 experts): bit for bit its result,
- * without a return to Python between the steps (~0.4 ms a layer of dispatch on the 20b shape, against
- * ~5.5 ms of products). The caller has claimed cache row `row` (k_cache, v_cache: the layer's buffers,
- * `kv_mode` 0 float32, else bf16, 2 with bf16 products) and passes this position's RoPE row. */
+/* ---- decode tokens through a whole layer in one call ----
+ * The same kernels, in the same order, on the same values as the layer's Python path (transformer.py:
+ * AttentionBlock.forward / forward_batch, then MLPBlock.forward for decode rows with int8 experts): bit
+ * for bit its result, without a return to Python between the steps (~0.4 ms a layer of dispatch on the
+ * 20b shape, against ~5.5 ms of products). B rows, one per sequence: row b has claimed cache row
+ * rows[b].row in its own buffers (kv_mode 0 float32, else bf16, 2 with bf16 products) and brings its
+ * position's RoPE row. The experts run as the Python batch path runs them: each chosen expert once, on
+ * its rows in row order (q8_experts: one job for all), then the outputs go back to (row, slot). */
 typedef struct {
     const float *attn_norm, *qkv_b, *sinks, *out_b, *mlp_norm, *gate_b, *mlp1_bias, *mlp2_bias;
     const uint16_t *qkv_w, *out_w, *gate_w;
     const uint8_t *mlp1_blocks, *mlp1_scales, *mlp2_blocks, *mlp2_scales;
-    void *k_cache, *v_cache;
-    const float *cos, *sin;
-    float *scratch;  /* decode_layer_scratch() floats */
-    int hidden, nq, nkv, d, experts, top_k, inter, window, row, kv_mode, bf16x, nthreads;
+    float *scratch;  /* decode_layer_scratch(s, B) floats */
+    int hidden, nq, nkv, d, experts, top_k, inter, window, kv_mode, bf16x, nthreads;
     float eps, alpha, limit, scale;
 } layer_step;
+typedef struct { void *k_cache, *v_cache; const float *cos, *sin; int row; } layer_row;
 
 void attention_rows(const float *q, const void *k, const void *v, int kv_bf16, const float *sinks, float *out,
                     int T, int pos0, int window, int n_kv, int rep, int d, float scale, int nthreads);
 
-int decode_layer_scratch(const layer_step *s) {
-    return 4 * s->hidden + (s->nq + 2 * s->nkv) * s->d + s->nq * s->d + s->experts + s->top_k * (3 * s->inter + s->hidden + 1) + 16;
+int decode_layer_scratch(const layer_step *s, int B) {
+    int h = s->hidden, k = s->top_k;
+    return B * (4 * h + (s->nq + 2 * s->nkv) * s->d + s->nq * s->d + s->experts + k * (3 * s->inter + 3 * h + 1)) + 16;
 }
 
-static void dl_linear(const layer_step *s, const uint16_t *w, const float *x, const float *b, float *y, int out, int in) {
-    if (s->bf16x) bf16_gemv_bf16x(w, x, b, y, 1, out, in, s->nthreads);
-    else bf16_gemv(w, x, b, y, 1, out, in, s->nthreads);
+static void dl_linear(const layer_step *s, const uint16_t *w, const float *x, const float *b, float *y, int T, int out, int in) {
+    if (s->bf16x) bf16_gemv_bf16x(w, x, b, y, T, out, in, s->nthreads);
+    else bf16_gemv(w, x, b, y, T, out, in, s->nthreads);
 }
 
-void decode_layer(const layer_step *s, float *x) {
-    int h = s->hidden, d = s->d, width = (s->nq + 2 * s->nkv) * d, k = s->top_k;
-    float *t = s->scratch, *qkv = t + h, *att = qkv + width, *o = att + s->nq * d, *logits = o + h;
-    float *up = logits + s->experts, *act = up + (size_t)k * 2 * s->inter, *parts = act + (size_t)k * s->inter;
-    float *wts = parts + (size_t)k * h, *y = wts + k;
-    int64_t ids[16];
-    if (k > 16) abort();
-    /* attention: norm, QKV, RoPE on q and k, the new row into the cache, attention, output, residual */
-    rms_norm(x, s->attn_norm, s->eps, t, 1, h);
-    dl_linear(s, s->qkv_w, t, s->qkv_b, qkv, width, h);
-    rope_rows(qkv, 1, s->nq + s->nkv, d, width, s->cos, s->sin);
-    size_t at = (size_t)s->row * s->nkv * d, n = (size_t)s->nkv * d;
-    const float *kn = qkv + s->nq * d, *vn = kn + n;
-    if (s->kv_mode) {
-        for (size_t i = 0; i < n; i++) {
-            ((uint16_t *)s->k_cache)[at + i] = f32_to_bf16(kn[i]);
-            ((uint16_t *)s->v_cache)[at + i] = f32_to_bf16(vn[i]);
+void decode_layer_batch(const layer_step *s, int B, const layer_row *r, float *x) {
+    int h = s->hidden, d = s->d, width = (s->nq + 2 * s->nkv) * d, k = s->top_k, E = s->experts, I = s->inter;
+    if (B * k > Q8_MAX_EXPERTS || B < 1) abort();
+    float *t = s->scratch, *qkv = t + B * h, *att = qkv + (size_t)B * width, *o = att + (size_t)B * s->nq * d;
+    float *logits = o + B * h, *wts = logits + B * E, *gath = wts + B * k, *up = gath + (size_t)B * k * h;
+    float *act = up + (size_t)B * k * 2 * I, *down = act + (size_t)B * k * I, *parts = down + (size_t)B * k * h;
+    float *y = parts + (size_t)B * k * h;
+    int64_t ids[Q8_MAX_EXPERTS], uniq[Q8_MAX_EXPERTS];
+    int count[Q8_MAX_EXPERTS], at[Q8_MAX_EXPERTS];
+    /* attention: norm, QKV, then per row RoPE on q and k, the new row into its cache, attention; output, residual */
+    rms_norm(x, s->attn_norm, s->eps, t, B, h);
+    dl_linear(s, s->qkv_w, t, s->qkv_b, qkv, B, width, h);
+    size_t n = (size_t)s->nkv * d;
+    for (int b = 0; b < B; b++) {
+        float *q = qkv + (size_t)b * width;
+        rope_rows(q, 1, s->nq + s->nkv, d, width, r[b].cos, r[b].sin);
+        size_t row = (size_t)r[b].row * n;
+        const float *kn = q + s->nq * d, *vn = kn + n;
+        if (s->kv_mode) {
+            for (size_t i = 0; i < n; i++) {
+                ((uint16_t *)r[b].k_cache)[row + i] = f32_to_bf16(kn[i]);
+                ((uint16_t *)r[b].v_cache)[row + i] = f32_to_bf16(vn[i]);
+            }
+        } else {
+            memcpy((float *)r[b].k_cache + row, kn, n * sizeof(float));
+            memcpy((float *)r[b].v_cache + row, vn, n * sizeof(float));
         }
-    } else {
-        memcpy((float *)s->k_cache + at, kn, n * sizeof(float));
-        memcpy((float *)s->v_cache + at, vn, n * sizeof(float));
+        attention_rows(q, r[b].k_cache, r[b].v_cache, s->kv_mode, s->sinks, att + (size_t)b * s->nq * d, 1, r[b].row,
+                       s->window, s->nkv, s->nq / s->nkv, d, s->scale, s->nthreads);
     }
-    attention_rows(qkv, s->k_cache, s->v_cache, s->kv_mode, s->sinks, att, 1, s->row, s->window, s->nkv,
-                   s->nq / s->nkv, d, s->scale, s->nthreads);
-    dl_linear(s, s->out_w, att, s->out_b, o, h, s->nq * d);
-    for (int i = 0; i < h; i++) x[i] += o[i];
-    /* MoE: norm, router, the k experts on int8 activations, SwiGLU, the weighted sum and residual */
-    rms_norm(x, s->mlp_norm, s->eps, t, 1, h);
-    dl_linear(s, s->gate_w, t, s->gate_b, logits, s->experts, h);
-    moe_route(logits, 1, s->experts, k, ids, wts);
-    mxfp4_gemv_q8_experts(s->mlp1_blocks, s->mlp1_scales, s->mlp1_bias, ids, k, t, 1, up, 2 * s->inter, h / 32, s->nthreads);
-    swiglu_rows(up, act, k, s->inter, s->alpha, s->limit);
-    mxfp4_gemv_q8_experts(s->mlp2_blocks, s->mlp2_scales, s->mlp2_bias, ids, k, act, k, parts, h, s->inter / 32, s->nthreads);
-    moe_combine(x, parts, wts, y, 1, k, h);
-    memcpy(x, y, (size_t)h * sizeof(float));
+    dl_linear(s, s->out_w, att, s->out_b, o, B, h, s->nq * d);
+    for (int i = 0; i < B * h; i++) x[i] += o[i];
+    /* MoE: norm, router, each chosen expert once on its rows (int8), SwiGLU, back to (row, slot), the sum */
+    rms_norm(x, s->mlp_norm, s->eps, t, B, h);
+    dl_linear(s, s->gate_w, t, s->gate_b, logits, B, E, h);
+    moe_route(logits, B, E, k, ids, wts);
+    int nu = 0, rows = 0;
+    for (int e = 0; e < E; e++) {
+        int c = 0;
+        for (int j = 0; j < B * k; j++)
+            if (ids[j] == e) {
+                memcpy(gath + (size_t)rows * h, t + (size_t)(j / k) * h, (size_t)h * sizeof(float));
+                at[j] = rows++;
+                c++;
+            }
+        if (c) uniq[nu] = e, count[nu++] = c;
+    }
+    q8_experts(s->mlp1_blocks, s->mlp1_scales, s->mlp1_bias, uniq, count, nu, gath, rows, up, 2 * I, h / 32, s->nthreads);
+    swiglu_rows(up, act, rows, I, s->alpha, s->limit);
+    q8_experts(s->mlp2_blocks, s->mlp2_scales, s->mlp2_bias, uniq, count, nu, act, rows, down, h, I / 32, s->nthreads);
+    for (int j = 0; j < B * k; j++) memcpy(parts + (size_t)j * h, down + (size_t)at[j] * h, (size_t)h * sizeof(float));
+    moe_combine(x, parts, wts, y, B, k, h);
+    memcpy(x, y, (size_t)B * h * sizeof(float));
 }
 
 int has_avx2(void) {

@@ -255,20 +255,30 @@ def _build() -> ctypes.CDLL | None:
 
 
 class LayerStep(ctypes.Structure):
-    """``layer_step`` in kernels.c: what ``decode_layer`` needs for one layer and one token (the
-    layer's weights, its cache buffers and the claimed row, this position's RoPE row, the sizes)."""
+    """``layer_step`` in kernels.c: one layer's weights and sizes for ``decode_layer``, and the
+    call's settings (``scratch``, ``kv_mode``, ``bf16x``, ``nthreads``)."""
 
     _fields_ = [
         *((name, ctypes.c_void_p) for name in (
             "attn_norm", "qkv_b", "sinks", "out_b", "mlp_norm", "gate_b", "mlp1_bias", "mlp2_bias",
-            "qkv_w", "out_w", "gate_w", "mlp1_blocks", "mlp1_scales", "mlp2_blocks", "mlp2_scales",
-            "k_cache", "v_cache", "cos", "sin", "scratch",
+            "qkv_w", "out_w", "gate_w", "mlp1_blocks", "mlp1_scales", "mlp2_blocks", "mlp2_scales", "scratch",
         )),
         *((name, ctypes.c_int) for name in (
-            "hidden", "nq", "nkv", "d", "experts", "top_k", "inter", "window", "row", "kv_mode", "bf16x", "nthreads",
+            "hidden", "nq", "nkv", "d", "experts", "top_k", "inter", "window", "kv_mode", "bf16x", "nthreads",
         )),
         *((name, ctypes.c_float) for name in ("eps", "alpha", "limit", "scale")),
     ]  # fmt: skip
+
+
+DECODE_LAYER_ROWS = 64
+"""Sequences times experts per token that one ``decode_layer`` call takes (``Q8_MAX_EXPERTS``)."""
+
+
+class LayerRow(ctypes.Structure):
+    """``layer_row`` in kernels.c: one sequence's cache buffers, the row it claimed, its RoPE row."""
+
+    _fields_ = [("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p), ("cos", ctypes.c_void_p),
+                ("sin", ctypes.c_void_p), ("row", ctypes.c_int)]  # fmt: skip
 
 
 def _bind(lib: ctypes.CDLL) -> None:
@@ -287,8 +297,8 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.swiglu_rows.argtypes = [p, p, i, i, f32, f32]
     lib.moe_combine.argtypes = [p, p, p, p, i, i, i]
     lib.moe_route.argtypes = [p, i, i, i, p, p]
-    lib.decode_layer.argtypes = [ctypes.POINTER(LayerStep), p]
-    lib.decode_layer_scratch.argtypes = [ctypes.POINTER(LayerStep)]
+    lib.decode_layer_batch.argtypes = [ctypes.POINTER(LayerStep), i, ctypes.POINTER(LayerRow), p]
+    lib.decode_layer_scratch.argtypes = [ctypes.POINTER(LayerStep), i]
     lib.decode_layer_scratch.restype = ctypes.c_int
     lib.has_avx2.argtypes = []
     lib.has_avx2.restype = ctypes.c_int
@@ -308,7 +318,7 @@ def _bind(lib: ctypes.CDLL) -> None:
         lib.swiglu_rows,
         lib.moe_combine,
         lib.moe_route,
-        lib.decode_layer,
+        lib.decode_layer_batch,
     ):
         f.restype = None
 
@@ -719,18 +729,19 @@ def fused_decode_enabled() -> bool:
     return os.environ.get("GPTOSS_KERNELS_FUSED", "1") != "0" and _library() is not None
 
 
-def decode_layer_scratch(step: LayerStep) -> int:
-    """Floats of scratch ``decode_layer`` needs for layers of ``step``'s sizes."""
+def decode_layer_scratch(step: LayerStep, rows: int) -> int:
+    """Floats of scratch ``decode_layer`` needs for ``rows`` sequences through layers of ``step``'s sizes."""
     lib = _library()
     assert lib is not None
-    return int(lib.decode_layer_scratch(ctypes.byref(step)))
+    return int(lib.decode_layer_scratch(ctypes.byref(step), rows))
 
 
-def decode_layer(step: LayerStep, x: torch.Tensor) -> None:
-    """One token's hidden state ``x (1, hidden)`` (float32, contiguous) through a layer, in place."""
+def decode_layer(step: LayerStep, rows: ctypes.Array[LayerRow], x: torch.Tensor) -> None:
+    """One decode token of each of ``len(rows)`` sequences, ``x (B, hidden)`` (float32, contiguous),
+    through a layer, in place."""
     lib = _library()
     assert lib is not None
-    lib.decode_layer(ctypes.byref(step), x.data_ptr())
+    lib.decode_layer_batch(ctypes.byref(step), len(rows), rows, x.data_ptr())
 
 
 def kv_mode(dtype: torch.dtype, head_dim: int) -> int | None:

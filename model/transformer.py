@@ -426,33 +426,38 @@ class Transformer(nn.Module):
         start = cache.length if cache is not None else 0
         with kernels.torch_on_one_thread():
             x = self.embedding[tokens].to(self.compute_dtype)  # (T, hidden)
-            if not (tokens.shape[0] == 1 and cache is not None and self._decode_layers(x, cache)):
+            if not (tokens.shape[0] == 1 and cache is not None and self._decode_layers(x, [cache])):
                 for i, (attn, mlp) in enumerate(zip(self.attn, self.mlp, strict=True)):
                     x = attn(x, start, cache.layers[i] if cache is not None else None)
                     x = mlp(x)
             x = self.norm(x[-1:] if last_only else x)
             return linear(x, self.unembedding).float()
 
-    def _decode_layers(self, x: torch.Tensor, cache: KVCache) -> bool:
-        """Run one decode token ``x (1, hidden)`` through every layer in place, one C call a layer
-        (``kernels.decode_layer``: the same kernels in the same order as the Python path, bit for
-        bit). False, with nothing touched, where that path does not run this model or cache."""
+    def _decode_layers(self, x: torch.Tensor, caches: list[KVCache]) -> bool:
+        """Run one decode token per sequence, ``x (B, hidden)`` (row ``i`` continuing ``caches[i]``),
+        through every layer in place, one C call a layer (``kernels.decode_layer``: the same kernels
+        in the same order as the Python path, bit for bit). False, with nothing touched, where that
+        path does not take this model or these caches."""
         steps = self._layer_steps()
-        mode = kernels.kv_mode(cache.layers[0].dtype, self.config.head_dim) if steps else None
-        if steps is None or mode is None or not x.is_contiguous():
+        modes = {kernels.kv_mode(c.layers[0].dtype, self.config.head_dim) for c in caches}
+        b = len(caches)
+        if steps is None or len(modes) != 1 or None in modes or not x.is_contiguous():
             return False
-        start = cache.length
+        if b * self.config.experts_per_token > kernels.DECODE_LAYER_ROWS:
+            return False
         rope = cast(AttentionBlock, self.attn[0]).rope
-        rope._table(start + 1)
-        cos, sin = rope._cos[start], rope._sin[start]
-        scratch = torch.empty(self._scratch_floats)
-        bf16x, threads = int(kernels.bf16_activations()), kernels.threads_in_use()
-        for step, layer in zip(steps, cache.layers, strict=True):
-            row, keys, values = layer.claim(1)
-            step.k_cache, step.v_cache, step.row, step.kv_mode = keys.data_ptr(), values.data_ptr(), row, mode
-            step.cos, step.sin, step.scratch = cos.data_ptr(), sin.data_ptr(), scratch.data_ptr()
-            step.bf16x, step.nthreads = bf16x, threads
-            kernels.decode_layer(step, x)
+        rope._table(max(c.length for c in caches) + 1)
+        rows = (kernels.LayerRow * b)()
+        for row, c in zip(rows, caches, strict=True):
+            row.cos, row.sin = rope._cos[c.length].data_ptr(), rope._sin[c.length].data_ptr()
+        scratch = torch.empty(kernels.decode_layer_scratch(steps[0], b))
+        settings = (scratch.data_ptr(), modes.pop(), int(kernels.bf16_activations()), kernels.threads_in_use())
+        for i, step in enumerate(steps):
+            step.scratch, step.kv_mode, step.bf16x, step.nthreads = settings
+            for row, c in zip(rows, caches, strict=True):
+                row.row, keys, values = c.layers[i].claim(1)
+                row.k_cache, row.v_cache = keys.data_ptr(), values.data_ptr()
+            kernels.decode_layer(step, rows, x)
         return True
 
     def _layer_steps(self) -> list[kernels.LayerStep] | None:
@@ -496,7 +501,6 @@ class Transformer(nn.Module):
                 top_k=m.top_k, inter=cfg.intermediate_size, window=a.window or 0, eps=a.norm.eps,
                 alpha=m.alpha, limit=m.limit, scale=1.0 / math.sqrt(a.head_dim),
             ))  # fmt: skip
-        self._scratch_floats = kernels.decode_layer_scratch(steps[0]) if steps else 0
         return steps or None
 
     @torch.inference_mode()
@@ -508,9 +512,10 @@ class Transformer(nn.Module):
         """
         with kernels.torch_on_one_thread():
             x = self.embedding[tokens].to(self.compute_dtype)  # (B, hidden)
-            for i, (attn, mlp) in enumerate(zip(self.attn, self.mlp, strict=True)):
-                x = cast(AttentionBlock, attn).forward_batch(x, [c.layers[i] for c in caches])
-                x = mlp(x)
+            if not self._decode_layers(x, caches):
+                for i, (attn, mlp) in enumerate(zip(self.attn, self.mlp, strict=True)):
+                    x = cast(AttentionBlock, attn).forward_batch(x, [c.layers[i] for c in caches])
+                    x = mlp(x)
             return linear(self.norm(x), self.unembedding).float()
 
     # ---- construction ------------------------------------------------------------------

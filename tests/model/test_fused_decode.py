@@ -32,9 +32,9 @@ def calls(monkeypatch):
     seen = []
     real = kernels.decode_layer
 
-    def counted(step, x):
-        seen.append(step.row)
-        real(step, x)
+    def counted(step, rows, x):
+        seen.extend(r.row for r in rows)
+        real(step, rows, x)
 
     monkeypatch.setattr(kernels, "decode_layer", counted)
     return seen
@@ -66,18 +66,22 @@ def test_one_call_a_layer_is_the_python_path_bit_for_bit(ckpt, monkeypatch, call
     assert torch.equal(fused, python)
 
 
-def test_a_batch_still_decodes_as_each_session_alone(ckpt, calls):
+def test_a_batch_decodes_as_each_session_alone_and_as_the_python_batch(ckpt, monkeypatch, calls):
     engine = LocalEngine.from_checkpoint(ckpt, device="cpu", dtype="bf16")
-    alone, batched = [], []
-    for i, n in enumerate([100, 127, 150]):
-        for group in (alone, batched):
+    lengths = [100, 127, 150, 500]  # each crosses the window at its own step; the last compacts
+    groups: dict[str, list] = {"alone": [], "batched": [], "python": []}
+    for i, n in enumerate(lengths):
+        for group in groups.values():
             s = engine.session()
             s.prefill(prompt(n, seed=20 + i))
             group.append(s)
-    tokens = [7, 8, 9]
+    tokens = [7, 8, 9, 10]
     for _ in range(30):
-        one = torch.stack([s.decode_one(t) for s, t in zip(alone, tokens, strict=True)])
-        many = engine.model.decode_batch(torch.tensor(tokens), [s.cache for s in batched])
-        assert torch.equal(many, one)
+        one = torch.stack([s.decode_one(t) for s, t in zip(groups["alone"], tokens, strict=True)])
+        many = engine.model.decode_batch(torch.tensor(tokens), [s.cache for s in groups["batched"]])
+        monkeypatch.setenv("GPTOSS_KERNELS_FUSED", "0")
+        python = engine.model.decode_batch(torch.tensor(tokens), [s.cache for s in groups["python"]])
+        monkeypatch.delenv("GPTOSS_KERNELS_FUSED")
+        assert torch.equal(many, one) and torch.equal(python, one)
         tokens = one.argmax(-1).tolist()
-    assert calls  # the sessions alone ran the C layers
+    assert len(calls) == 30 * 2 * 4 * engine.model.config.num_hidden_layers  # alone and batched: C layers
