@@ -83,14 +83,20 @@ def decode(session: Session, prompt: list[int], tokens: int) -> list[tuple[float
 
 
 class ExpertCounter:
-    """Distinct experts per batched MoE call (2..SMALL_BATCH rows), from the block's own router."""
+    """Distinct experts per batched MoE call (2..SMALL_BATCH rows), from the block's own router.
+
+    The C decode layers (``kernels.decode_layer``) route inside C, so the counter runs the layers'
+    Python path (``GPTOSS_KERNELS_FUSED=0``), which chooses the same experts bit for bit: count in a
+    run of its own, not in a timed one."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, int]] = []  # (rows, distinct experts)
         self._forward = MLPBlock.forward
+        self._fused = os.environ.get("GPTOSS_KERNELS_FUSED")
 
     def __enter__(self) -> ExpertCounter:
         counter, forward = self, self._forward
+        os.environ["GPTOSS_KERNELS_FUSED"] = "0"
 
         def counted(block: MLPBlock, x: torch.Tensor) -> torch.Tensor:
             if 1 < x.shape[0] <= SMALL_BATCH:
@@ -104,6 +110,10 @@ class ExpertCounter:
 
     def __exit__(self, *exc: object) -> None:
         MLPBlock.forward = self._forward  # type: ignore[method-assign]
+        if self._fused is None:
+            os.environ.pop("GPTOSS_KERNELS_FUSED", None)
+        else:
+            os.environ["GPTOSS_KERNELS_FUSED"] = self._fused
 
     def mean_distinct(self, rows: int) -> float | None:
         seen = [d for r, d in self.calls if r == rows]
@@ -139,26 +149,38 @@ def run_sessions(engine: LocalEngine, n: int, tokens: int, prompt_len: int) -> d
     for s, p in zip(sessions, ps, strict=True):
         s.prefill(p[:-1])
     alone, alone_cpu = [], []  # one at a time: a session decodes by itself (two, back to back)
+    def rewind(s: Session, p: list[int]) -> None:  # back to the prompt, for the next run
+        s.cache.truncate(len(p) - 1)
+        del s.cached_tokens[len(p) - 1 :]
+
     for s, p in list(zip(sessions, ps, strict=True))[:2]:
         t = decode(s, p, tokens)
         alone.append((len(t) - 1) / (t[-1][0] - t[0][0]))
         alone_cpu.append((len(t) - 1) / (t[-1][1] - t[0][1]))
-        s.cache.truncate(len(p) - 1)  # back to the prompt, for the concurrent run
-        del s.cached_tokens[len(p) - 1 :]
-    batches0, rows0 = engine._batcher.batches, engine._batcher.rows
-    arrivals: list[list[tuple[float, float]]] = [[] for _ in range(n)]
-    barrier = threading.Barrier(n)
+        rewind(s, p)
 
-    def work(i: int) -> None:
-        barrier.wait()
-        arrivals[i] = decode(sessions[i], ps[i], tokens)
+    def together(count: int) -> list[list[tuple[float, float]]]:
+        arrivals: list[list[tuple[float, float]]] = [[] for _ in range(n)]
+        barrier = threading.Barrier(n)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
-    with ExpertCounter() as counter:
+        def work(i: int) -> None:
+            barrier.wait()
+            arrivals[i] = decode(sessions[i], ps[i], count)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
         for th in threads:
             th.start()
         for th in threads:
             th.join()
+        return arrivals
+
+    batches0, rows0 = engine._batcher.batches, engine._batcher.rows
+    arrivals = together(tokens)
+    mean_batch = (engine._batcher.rows - rows0) / max(1, engine._batcher.batches - batches0)
+    with ExpertCounter() as counter:  # the same steps again, untimed, to count the routers' choices
+        for s, p in zip(sessions, ps, strict=True):
+            rewind(s, p)
+        together(min(tokens, 8))
     # the window in which all n decoded together (their one-token prefills are serialised)
     first = max((a[0] for a in arrivals), key=lambda x: x[0])
     last = min((a[-1] for a in arrivals), key=lambda x: x[0])
@@ -171,7 +193,7 @@ def run_sessions(engine: LocalEngine, n: int, tokens: int, prompt_len: int) -> d
         "per_session_tokens_per_s": statistics.median(inside) / span,
         "one_at_a_time_tokens_per_cpu_s": statistics.median(alone_cpu),
         "concurrent_tokens_per_cpu_s": sum(inside) / cpu,
-        "mean_batch": (engine._batcher.rows - rows0) / max(1, engine._batcher.batches - batches0),
+        "mean_batch": mean_batch,
         "distinct_experts_per_layer": counter.mean_distinct(n) if n > 1 else float(engine.model.mlp[0].top_k),
     }
 
