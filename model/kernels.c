@@ -985,9 +985,10 @@ void bf16_gemv(const uint16_t *w, const float *x, const float *bias, float *y, i
  * 4 (one at a time for up to 16 tokens: decode steps), tokens in tiles of 4 and blocks of 64 (their
  * activations stay in L2 while the rows stream). Each y[t, o] is summed in the same order for any T: a row comes out the same alone and in a batch.
  * Other builds: the activations rounded the same way, then bf16_gemv. */
-static inline uint16_t f32_to_bf16(float f) {  /* round to nearest even (no NaNs here) */
+static inline uint16_t f32_to_bf16(float f) {  /* round to nearest even; a NaN stays one (torch's 0x7FC0) */
     uint32_t u;
     memcpy(&u, &f, 4);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
     return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 #define BD_ROWS 4
