@@ -85,3 +85,15 @@ def test_a_batch_decodes_as_each_session_alone_and_as_the_python_batch(ckpt, mon
         assert torch.equal(many, one) and torch.equal(python, one)
         tokens = one.argmax(-1).tolist()
     assert len(calls) == 30 * 2 * 4 * engine.model.config.num_hidden_layers  # alone and batched: C layers
+
+
+def test_the_routers_top_k_is_torchs():
+    logits = torch.randn(9, 32, generator=torch.Generator().manual_seed(4))
+    logits[3, 5] = logits[3, 7] = logits[3].max() + 1  # a tie: the lower index first
+    routed = kernels.moe_route(logits, 4)
+    assert routed is not None
+    ids, weights = routed
+    top = torch.topk(logits, k=4, dim=-1, sorted=True)
+    assert ids[3, :2].tolist() == [5, 7]
+    assert torch.equal(ids[torch.arange(9) != 3], top.indices[torch.arange(9) != 3])
+    torch.testing.assert_close(weights, torch.softmax(top.values, dim=-1), rtol=1e-6, atol=1e-7)
