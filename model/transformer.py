@@ -463,7 +463,8 @@ class Transformer(nn.Module):
     def _layer_steps(self) -> list[kernels.LayerStep] | None:
         """This thread's ``LayerStep`` per layer, weights filled in, or None where ``decode_layer``
         does not take this model: bf16 dense weights, MXFP4 experts on int8 activations, float32
-        activations on the CPU."""
+        activations on the CPU. The steps hold the weights' addresses: the model's tensors are
+        never replaced after construction."""
         if not kernels.fused_decode_enabled():
             return None
         if not hasattr(self._steps, "steps"):
@@ -475,7 +476,7 @@ class Transformer(nn.Module):
         cfg = self.config
         if self.device.type != "cpu" or self.compute_dtype != torch.float32 or not kernels.int8_enabled():
             return None
-        if cfg.experts_per_token > 16 or cfg.hidden_size % 32 or cfg.intermediate_size % 32:
+        if cfg.hidden_size % 32 or cfg.intermediate_size % 32:  # MXFP4 and int8 groups of 32
             return None
         steps = []
         for attn, mlp in zip(self.attn, self.mlp, strict=True):
